@@ -1,0 +1,177 @@
+"""Typed run configuration. Every field is documented here; `configs/*.yaml` only sets values.
+
+Load with `load_config(path, overrides)`; overrides are `dotted.key=value` strings whose values are
+parsed as YAML scalars (`engine.kind=vllm`, `decode.actors=4`, `output.partition_cols=[run_id]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+# qwen-vl-utils 0.0.14 constants (vision_process.py); the official inference leaves them all at default.
+QWEN_FACTOR = 28
+QWEN_FPS = 2.0
+QWEN_FPS_MIN_FRAMES = 4
+QWEN_FPS_MAX_FRAMES = 768
+QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28  # 100,352
+QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28  # 602,112
+QWEN_VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # ~90.3M; MODEL_SEQ_LEN-derived default
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageOptions(_Model):
+    """How to reach object storage through fsspec (s3fs for s3://). Credentials come from the usual
+    AWS chain (env vars, profile, instance role); they are never stored in outputs or logs."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, R2...); None = AWS or AWS_ENDPOINT_URL.")
+    profile: str | None = Field(None, description="AWS profile name from ~/.aws/credentials.")
+    anon: bool = Field(False, description="Anonymous (unsigned) access for public buckets.")
+    region: str | None = Field(None, description="Bucket region, when not discoverable.")
+
+    def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
+        if protocol not in ("s3", "s3a"):
+            return {}
+        kw: dict[str, Any] = {"anon": self.anon}
+        if self.endpoint_url:
+            kw["endpoint_url"] = self.endpoint_url
+        if self.profile:
+            kw["profile"] = self.profile
+        if self.region:
+            kw["client_kwargs"] = {"region_name": self.region}
+        return kw
+
+
+class InputConfig(_Model):
+    shards: str = Field(..., description="WebDataset shard URL(s): fsspec URL with globs (*, ?) and brace ranges "
+                        "({000000..000099}, {a,b}); a comma-free list may also be given as several URLs separated by spaces.")
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+    samples_per_block: int = Field(8, ge=1, description="Samples per Ray Data block emitted by the shard reader.")
+    max_sample_bytes: int = Field(1 << 30, ge=1, description="A video member larger than this becomes an error row (read stage) and is never loaded.")
+    video_extensions: list[str] = Field(default_factory=lambda: ["mp4", "webm", "mkv", "mov", "avi", "gif"],
+                                        description="Member extensions treated as the sample's video (first match wins).")
+    limit: int | None = Field(None, ge=1, description="Score at most this many samples (debugging).")
+
+
+class DecodeConfig(_Model):
+    """Frame sampling and resizing, defaulting to exactly what qwen-vl-utils 0.0.14 does for
+    `{"video": path, "fps": 2.0}` (the official VideoScore2 message)."""
+
+    fps: float = Field(QWEN_FPS, gt=0, description="Sampling rate of frames fed to the model (official: 2.0).")
+    min_frames: int = Field(QWEN_FPS_MIN_FRAMES, ge=2, description="qwen-vl-utils FPS_MIN_FRAMES.")
+    max_frames: int = Field(QWEN_FPS_MAX_FRAMES, ge=2, description="qwen-vl-utils FPS_MAX_FRAMES.")
+    min_pixels: int = Field(QWEN_VIDEO_MIN_PIXELS, ge=28 * 28, description="Per-frame lower pixel bound (VIDEO_MIN_PIXELS).")
+    max_pixels: int = Field(QWEN_VIDEO_MAX_PIXELS, ge=28 * 28, description="Per-frame upper pixel bound (VIDEO_MAX_PIXELS).")
+    total_pixels: int = Field(QWEN_VIDEO_TOTAL_PIXELS, ge=28 * 28, description="Budget over all frames (VIDEO_TOTAL_PIXELS); binds only for long clips.")
+    threads: int = Field(1, ge=0, description="PyAV decoder threads per video (0 = FFmpeg auto).")
+    batch_size: int = Field(4, ge=1, description="Videos per decode batch (map_batches batch_size).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
+    actors: int = Field(1, ge=1, description="Decode actors (max of the autoscaling range).")
+    min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default: actors).")
+    max_decoded_pixels: int = Field(8192 * 8192, ge=1, description="A stream whose coded width*height exceeds this is an error row, checked before decoding.")
+    max_duration_s: float = Field(3600.0, gt=0, description="A clip longer than this (container metadata) is an error row.")
+
+
+class PromptConfig(_Model):
+    template: Literal["vs2-eval", "vs2-public", "vs2-card", "vs2-train"] = Field(
+        "vs2-eval", description="Prompt template by name (see pipeline/templates.py). vs2-eval is the benchmark prompt behind the paper's numbers.")
+
+
+class SamplingConfig(_Model):
+    temperature: float = Field(0.7, ge=0, description="Official: 0.7. Ignored when greedy.")
+    greedy: bool = Field(False, description="Greedy decoding (deterministic across seeds; not the official setting).")
+    top_p: float | None = Field(None, gt=0, le=1, description="None = the checkpoint's generation_config.json, else 1.0.")
+    top_k: int | None = Field(None, description="None = the checkpoint's generation_config.json, else transformers' default 50; -1/0 = off.")
+    repetition_penalty: float | None = Field(None, gt=0, description="None = the checkpoint's generation_config.json, else 1.0.")
+    max_new_tokens: int = Field(1024, ge=1, description="Official public script: 1024.")
+    seed: int = Field(0, description="Base seed; each video's seed is derived from (seed, row_id).")
+    logprobs: int = Field(20, ge=5, description="Top-k logprobs per generated token requested from vLLM for the soft scores.")
+
+
+class EngineConfig(_Model):
+    kind: Literal["vllm", "transformers"] = Field("vllm", description="vllm (production) or transformers (reference path, CPU or GPU).")
+    model: str = Field("TIGER-Lab/VideoScore2", description="Hub id or local path of the checkpoint.")
+    revision: str | None = Field(None, description="Hub revision (commit) to pin.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights/activations dtype. The reference ran fp32; bf16 is the usual deviation.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transformers engine device (auto = cuda if available).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size; GPUs per scoring actor.")
+    max_model_len: int = Field(16384, ge=256, description="vLLM context length (prompt + video tokens + output).")
+    max_num_seqs: int = Field(32, ge=1, description="vLLM max concurrent sequences.")
+    max_num_batched_tokens: int | None = Field(None, description="vLLM token budget per step; must exceed the largest video's tokens.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = Field(False, description="vLLM: skip CUDA graphs / torch.compile (faster start, slower steps).")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for vllm.LLM / from_pretrained.")
+    batch_size: int = Field(16, ge=1, description="Videos per scoring batch (map_batches batch_size).")
+    batches_in_flight: int = Field(2, ge=1, description="Batches a scoring actor accepts concurrently, so the engine never drains.")
+    actors: int = Field(1, ge=1, description="Scoring actors (GPU replicas).")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per scoring actor (set tensor_parallel_size for TP; 0 on CPU).")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per scoring actor.")
+
+
+class OutputConfig(_Model):
+    path: str = Field(..., description="Output dataset root (fsspec URL: local path or s3://...).")
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+    partition_cols: list[str] = Field(default_factory=lambda: ["run_id", "shard_group"], description="Hive partition columns.")
+    shards_per_group: int = Field(64, ge=1, description="Shards per `shard_group` partition value.")
+    run_id: str | None = Field(None, description="Run id partition value; None = derived from the score-affecting config (model, template, sampling, decode).")
+
+
+class RayConfig(_Model):
+    address: str | None = Field(None, description="Ray address; None = RAY_ADDRESS or a new local Ray.")
+    num_cpus: int | None = Field(None, description="CPUs of a new local Ray (None = all).")
+    object_store_memory: int | None = Field(None, description="Object store bytes of a new local Ray.")
+    progress_bars: bool = Field(True, description="Ray Data progress bars.")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Extra env vars for Ray workers (no secrets here: they land in logs).")
+
+
+class ScoreConfig(_Model):
+    input: InputConfig
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    output: OutputConfig
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def scoring_fingerprint(self) -> str:
+        """Hash of every setting that changes scores (not throughput knobs)."""
+        keep = {
+            "model": self.engine.model, "revision": self.engine.revision, "dtype": self.engine.dtype,
+            "template": self.prompt.template, "sampling": self.sampling.model_dump(),
+            "decode": self.decode.model_dump(include={"fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels"}),
+        }
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+    def resolved_run_id(self) -> str:
+        return self.output.run_id or f"vs2-{self.scoring_fingerprint()}"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None) -> ScoreConfig:
+    """Read a YAML config (or start from `base`) and apply `dotted.key=value` overrides."""
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not dotted.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return ScoreConfig.model_validate(tree)

@@ -1,0 +1,78 @@
+"""The output schema, fixed in one place. Every run writes exactly these columns in this order.
+
+`run_id` and `shard_group` are the default hive partition columns: Ray Data moves partition columns
+into the directory names (``run_id=.../shard_group=.../*.parquet``) and readers with
+``hive_partitioning``/``partitioning="hive"`` get them back as strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pyarrow as pa
+
+OUTPUT_SCHEMA = pa.schema([
+    pa.field("row_id", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("shard_group", pa.string(), nullable=False),
+    pa.field("key", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("prompt", pa.string()),
+    pa.field("visual_quality", pa.int32()),
+    pa.field("text_alignment", pa.int32()),
+    pa.field("physical_consistency", pa.int32()),
+    pa.field("visual_quality_soft", pa.float64()),
+    pa.field("text_alignment_soft", pa.float64()),
+    pa.field("physical_consistency_soft", pa.float64()),
+    pa.field("visual_quality_expected", pa.float64()),
+    pa.field("text_alignment_expected", pa.float64()),
+    pa.field("physical_consistency_expected", pa.float64()),
+    pa.field("rationale", pa.string()),
+    pa.field("raw_output", pa.string()),
+    pa.field("parse_mode", pa.string()),
+    pa.field("out_of_range", pa.bool_()),
+    pa.field("num_frames", pa.int32()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("prompt_tokens", pa.int32()),
+    pa.field("output_tokens", pa.int32()),
+    pa.field("model", pa.string()),
+    pa.field("template", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error_stage", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("meta_json", pa.string()),
+    pa.field("decode_s", pa.float64()),
+    pa.field("score_s", pa.float64()),
+])
+COLUMNS = tuple(OUTPUT_SCHEMA.names)
+ERROR_STAGES = ("read", "decode", "prompt", "engine", "parse", "write")
+
+
+def make_row_id(shard: str, key: str) -> str:
+    """Deterministic id of a sample: blake2b(shard URL, key), 16 hex chars."""
+    return hashlib.blake2b(f"{shard}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def make_seed(base_seed: int, row_id: str) -> int:
+    """Per-video sampling seed derived from the base seed and the row id (fits a signed 32-bit int)."""
+    h = hashlib.blake2b(f"{base_seed}:{row_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little") & 0x7FFFFFFF
+
+
+def one_line(message: object, limit: int = 500) -> str:
+    """An error message as one bounded line (exception type first)."""
+    if isinstance(message, BaseException):
+        text = f"{type(message).__name__}: {message}"
+    else:
+        text = str(message)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Build a table with exactly OUTPUT_SCHEMA from row dicts (missing keys become null)."""
+    return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in COLUMNS}, schema=OUTPUT_SCHEMA)
