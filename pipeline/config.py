@@ -59,6 +59,7 @@ class InputConfig(_Model):
     video_extensions: list[str] = Field(default_factory=lambda: ["mp4", "webm", "mkv", "mov", "avi", "gif"],
                                         description="Member extensions treated as the sample's video (first match wins).")
     limit: int | None = Field(None, ge=1, description="Score at most this many samples (debugging).")
+    read_num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per shard-read task (I/O bound; keep small so reads are never starved by actors).")
 
 
 class DecodeConfig(_Model):
@@ -78,6 +79,8 @@ class DecodeConfig(_Model):
     min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default: actors).")
     max_decoded_pixels: int = Field(8192 * 8192, ge=1, description="A stream whose coded width*height exceeds this is an error row, checked before decoding.")
     max_duration_s: float = Field(3600.0, gt=0, description="A clip longer than this (container metadata) is an error row.")
+    apply_rotation: bool = Field(False, description="Rotate frames by the stream's display matrix (multiples of 90 degrees). "
+                                 "Off by default: qwen-vl-utils' decord/torchvision readers ignore it, so the reference sees the coded orientation.")
 
 
 class PromptConfig(_Model):

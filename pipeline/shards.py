@@ -236,17 +236,23 @@ def shard_group_of(index: int, shards_per_group: int) -> str:
     return f"{index // shards_per_group:05d}"
 
 
-def read_shards_batch(batch: dict[str, Any], cfg: InputConfig) -> Iterator[dict[str, list[Any]]]:
+def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str | None = None) -> Iterator[dict[str, list[Any]]]:
     """Ray Data UDF (map_batches, batch_size=1 shard): yields blocks of `cfg.samples_per_block` rows."""
+    from pipeline.stats import Reporter
+
+    report = Reporter(stats_name)
     for shard, group in zip(batch["shard"], batch["shard_group"]):
         buf: list[dict[str, Any]] = []
+        n = 0
         for row in iter_shard(str(shard), str(group), cfg):
             buf.append(row)
+            n += 1
             if len(buf) >= cfg.samples_per_block:
                 yield _columns(buf)
                 buf = []
         if buf:
             yield _columns(buf)
+        report({"rows_read": n, "shards_read": 1})
 
 
 READ_COLUMNS = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "video", "status", "error_stage", "error")

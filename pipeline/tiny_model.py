@@ -90,6 +90,8 @@ _WORDS = (
     "appears looks seems shows showing background foreground subject face hands body movement speed"
 ).split()
 
+_SYLLABLES = "ba be bi bo bu ka ke ki ko ku ra re ri ro ru ta te ti to tu na ne ni no nu ma me mi mo mu".split()
+
 _LABELS = ("visual quality", "text-to-video alignment", "physical/common-sense consistency")
 
 
@@ -133,8 +135,9 @@ def _corpus(seed: int, n_lines: int = 6000) -> list[str]:
         elif kind == 4:  # JSON
             lines.append(json.dumps({"score": rng.randint(1, 5), "reason": sentence(rng.randint(3, 8)),
                                      "label": rng.choice(_LABELS)}) + "\n")
-        else:  # prose
-            lines.append(" ".join(sentence(rng.randint(4, 16)) for _ in range(rng.randint(1, 4))) + "\n")
+        else:  # prose, plus made-up words so the merge table fills up
+            coined = " ".join("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(4))
+            lines.append(" ".join(sentence(rng.randint(4, 16)) for _ in range(rng.randint(1, 4))) + f" {coined}\n")
     return lines
 
 
@@ -180,10 +183,91 @@ def _train_tokenizer(seed: int):
     return tok
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, generation: dict[str, Any] | None = None) -> Path:
+def _vs2_docs(seed: int, n_docs: int = 3000) -> list[str]:
+    """VideoScore2-shaped assistant replies (think block, then the three numbered score lines)."""
+    rng = random.Random(seed + 1)
+
+    def sentence(k: int) -> str:
+        s = " ".join(rng.choice(_WORDS) for _ in range(k))
+        return s[0].upper() + s[1:] + rng.choice([".", ".", ".", ",", ";"])
+
+    docs = []
+    for _ in range(n_docs):
+        scores = [rng.randint(1, 5) for _ in range(3)]
+        think = []
+        for _ in range(rng.randint(2, 6)):
+            if rng.random() < 0.3:
+                j = rng.randrange(3)
+                think.append(f"The {_LABELS[j]} is {rng.choice(['about', 'roughly', 'a'])} {scores[j]}/5.")
+            else:
+                think.append(sentence(rng.randint(5, 14)))
+        docs.append(
+            f"<think>\nmulti-dimensional analysis: {' '.join(think)}\n</think>\n\n"
+            + "\n".join(f"({j + 1}) {lab}: {s}" for j, (lab, s) in enumerate(zip(_LABELS, scores)))
+        )
+    return docs
+
+
+def _bigram_weights(tok, seed: int, hidden: int, vocab_rows: int):
+    """Embedding and LM-head matrices that make the network (whose transformer blocks stay random and
+    small) behave like a bigram model of VideoScore2-shaped replies.
+
+    The centred log-bigram matrix L (next-token log-probs given the last token) is factorised by SVD
+    to rank hidden-1: L ~ X @ Y.T. Every embedding row is padded with one "slack" coordinate so all
+    rows have the same norm; the final RMSNorm then rescales them all by the same factor, and the
+    head Y (divided by that factor) gives logits ~ L[last token]. Consequences: sampled replies are
+    long, wander through the three "(k) label: N" lines with genuinely uncertain digits (so the hard
+    parser and the soft score get exercised), greedy decoding has wide top-1 margins (engines agree
+    token for token), and ids past the tokenizer (padding rows) or the vision/box specials are never
+    emitted. The video barely influences the reply (the blocks are random).
+    """
+    import numpy as np
+
+    n = len(tok)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    # The prompt always ends with "<|im_start|>assistant\n": its last token starts the reply.
+    start = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)[-1]
+    counts = np.zeros((n, n), dtype=np.float64)
+    rng = random.Random(seed + 2)
+    for ids in tok(_vs2_docs(seed), add_special_tokens=False)["input_ids"]:
+        seq = np.asarray([start, *ids], dtype=np.int64)
+        np.add.at(counts, (seq[:-1], seq[1:]), 1.0)
+        counts[start, seq[1]] += 4.0  # open with "<think>" far more often than any other "\n" successor
+        if rng.random() < 0.25:  # stop only now and then: replies run to a few hundred tokens
+            counts[seq[-1], eos] += 1.0
+    alpha = 0.01
+    logp = np.log(counts + alpha) - np.log((counts + alpha).sum(axis=1, keepdims=True))
+    logp -= logp.mean(axis=1, keepdims=True)
+    u, s, vt = np.linalg.svd(logp)
+    r = hidden - 1
+    x = u[:, :r] * np.sqrt(s[:r])
+    y = vt[:r].T * np.sqrt(s[:r])
+    radius = float(np.linalg.norm(x, axis=1).max()) * 1.1
+    slack = np.sqrt(radius**2 - (x**2).sum(axis=1))
+    scale = np.sqrt(hidden) / radius  # what the final RMSNorm does to every (equal-norm) row
+    emb = np.zeros((vocab_rows, hidden))
+    emb[:n, :r] = x * scale
+    emb[:n, r] = slack * scale
+    head = np.zeros((vocab_rows, hidden))
+    head[:n, :r] = y / scale
+    # Padding rows and the specials that never occur in a reply: a logit of about -30 everywhere.
+    never = list(range(n, vocab_rows)) + [
+        tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS if t not in ("<|im_end|>", "<|endoftext|>")
+    ]
+    head[never, :] = 0.0
+    head[never, r] = -30.0 / (float(slack.min()) * scale)
+    return emb, head
+
+
+def build_tiny_model(
+    out_dir: str | Path, seed: int = 0, generation: dict[str, Any] | None = None, bigram: bool = True
+) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (model, tokenizer, processor, chat template) to `out_dir`.
 
     `generation` overrides entries of generation_config.json (default: `DEFAULT_GENERATION`).
+    `bigram=True` (default) sets the embedding and LM head from a bigram model of VideoScore2-shaped
+    replies (see `_bigram_weights`); `bigram=False` leaves every weight at its random init (replies are
+    byte soup, and greedy top-1 margins can be as small as 1e-5, too small for engine comparisons).
     Returns the directory path.
     """
     import torch
@@ -244,6 +328,11 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, generation: dict[str, A
 
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    if bigram:
+        emb, head = _bigram_weights(tok, seed, text_hidden, CONFIG_VOCAB_SIZE)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(torch.from_numpy(emb))
+            model.get_output_embeddings().weight.copy_(torch.from_numpy(head))
     # Weights are saved in bf16 (as the real checkpoint); loaders cast to the requested dtype.
     model = model.to(torch.bfloat16)
     model.config.dtype = torch.bfloat16

@@ -6,6 +6,8 @@ Nothing here touches the network or disk; every helper returns the container byt
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from fractions import Fraction
 
 import av
@@ -42,49 +44,63 @@ def encode_video(
     options: dict[str, str] | None = None,
     rotation: int | None = None,
     with_audio: bool = False,
+    faststart: bool = False,
 ) -> bytes:
     """Encode a constant-frame-rate clip of `nframes` (or round(seconds*fps)) frames and return the bytes.
 
     gop: keyframe interval (None = the encoder default, x264: 250). options: extra codec options
     (x264 defaults to preset veryfast so tests stay fast; B-frames stay on). rotation: display-matrix
-    rotation in degrees counter-clockwise (as `VideoFrame.rotation` reads it back).
+    rotation in degrees counter-clockwise (as `VideoFrame.rotation` reads it back). faststart: mp4 with the
+    index (moov) before the media data, so a truncated copy still opens and still claims every frame
+    (the muxer rewrites the file, which needs a real file: a temporary one is used).
     """
     if nframes is None:
         if seconds is None:
             raise ValueError("give seconds or nframes")
         nframes = int(round(seconds * fps))
     rate = Fraction(fps).limit_denominator(1001)
+    if faststart:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "clip.mp4")
+            with av.open(path, mode="w", format="mp4", options={"movflags": "faststart"}) as out:
+                _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio)
+            with open(path, "rb") as f:
+                return f.read()
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container) as out:
-        st = out.add_stream(codec, rate=rate)
-        st.width, st.height, st.pix_fmt = width, height, pix_fmt
-        opts = dict(options or {})
-        if codec == "libx264":
-            opts.setdefault("preset", "veryfast")
-        if codec in ("libvpx", "libvpx-vp9"):
-            opts.setdefault("deadline", "realtime")
-            opts.setdefault("cpu-used", "8")
-        if opts:
-            st.options = opts
-        if gop is not None:
-            st.codec_context.gop_size = gop
-        if rotation:
-            st.set_display_rotation(rotation)
-        ast = None
-        if with_audio:
-            ast = out.add_stream("aac", rate=16000)
-        for i in range(nframes):
-            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height), format="rgb24")
-            frame = frame.reformat(format=pix_fmt)
-            frame.pts = i
-            frame.time_base = 1 / rate
-            for pkt in st.encode(frame):
-                out.mux(pkt)
-        for pkt in st.encode():
-            out.mux(pkt)
-        if ast is not None:
-            _write_tone(out, ast, nframes / float(rate))
+        _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio)
     return buf.getvalue()
+
+
+def _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio) -> None:
+    st = out.add_stream(codec, rate=rate)
+    st.width, st.height, st.pix_fmt = width, height, pix_fmt
+    opts = dict(options or {})
+    if codec == "libx264":
+        opts.setdefault("preset", "veryfast")
+    if codec in ("libvpx", "libvpx-vp9"):
+        opts.setdefault("deadline", "realtime")
+        opts.setdefault("cpu-used", "8")
+    if opts:
+        st.options = opts
+    if gop is not None:
+        st.codec_context.gop_size = gop
+    if rotation:
+        st.set_display_rotation(rotation)
+    ast = None
+    if with_audio:
+        ast = out.add_stream("aac", rate=16000)
+    for i in range(nframes):
+        frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height), format="rgb24")
+        frame = frame.reformat(format=pix_fmt)
+        frame.pts = i
+        frame.time_base = 1 / rate
+        for pkt in st.encode(frame):
+            out.mux(pkt)
+    for pkt in st.encode():
+        out.mux(pkt)
+    if ast is not None:
+        _write_tone(out, ast, nframes / float(rate))
 
 
 def encode_vfr_video(width: int, height: int, frame_times_s: list[float], codec: str = "libx264",

@@ -1,0 +1,116 @@
+"""The scoring stage: prompt -> engine -> parse -> soft scores -> one output row per input row.
+
+Runs as a Ray Data actor (`map_batches(ScoreStage, compute=ActorPoolStrategy(...), num_gpus=...)`), so the
+engine (and its weights) is built once per actor. Declared input columns are the decode stage's outputs;
+the output is a pyarrow table with exactly `schema.OUTPUT_SCHEMA`. Failures are data: a row that fails
+at the prompt, engine or parse step comes out with status "error" and the stage name.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import templates
+from pipeline.config import ScoreConfig
+from pipeline.engines.base import EngineOutput, EngineRequest, make_engine
+from pipeline.parse import parse_output
+from pipeline.schema import make_seed, one_line, rows_to_table
+from pipeline.soft_score import soft_scores
+from pipeline.stats import Reporter
+
+PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "status", "error_stage", "error",
+                "num_frames", "width", "height", "duration_s", "decode_s")
+
+
+class ScoreStage:
+    INPUT_COLUMNS = PASS_THROUGH + ("frames", "frame_indices", "src_fps", "total_frames")
+
+    def __init__(self, cfg: ScoreConfig, stats_name: str | None = None, engine: Any = None) -> None:
+        self.cfg = cfg
+        self.run_id = cfg.resolved_run_id()
+        self.engine = engine if engine is not None else make_engine(cfg.engine, cfg.sampling)
+        self.report = Reporter(stats_name)
+
+    # -- building blocks -------------------------------------------------------------------------
+    def _base(self, batch: dict[str, Any], i: int) -> dict[str, Any]:
+        row = {c: _py(batch[c][i]) for c in PASS_THROUGH if c in batch}
+        row.update(run_id=self.run_id, model=self.cfg.engine.model, template=self.cfg.prompt.template,
+                   seed=make_seed(self.cfg.sampling.seed, row["row_id"]))
+        return row
+
+    def _request(self, row: dict[str, Any], batch: dict[str, Any], i: int) -> EngineRequest:
+        user_text = templates.render(self.cfg.prompt.template, row["prompt"])
+        frames = np.ascontiguousarray(batch["frames"][i])
+        indices = json.loads(_py(batch["frame_indices"][i]) or "[]")
+        meta = {"fps": float(batch["src_fps"][i]), "total_num_frames": int(batch["total_frames"][i]),
+                "duration": float(batch["duration_s"][i]), "frames_indices": indices}
+        return EngineRequest(request_id=row["row_id"], prompt=self.engine.render_prompt(user_text),
+                             frames=frames, video_meta=meta, seed=row["seed"])
+
+    def _fill(self, row: dict[str, Any], out: EngineOutput) -> None:
+        row.update(raw_output=out.text or None, prompt_tokens=out.prompt_tokens, output_tokens=out.output_tokens)
+        if out.error:
+            row.update(status="error", error_stage="engine", error=one_line(out.error))
+            return
+        try:
+            parsed = parse_output(out.text)
+            soft = soft_scores(parsed.as_tuple(), out.token_ids, out.digit_logprobs, self.engine.tokenizer)
+        except Exception as e:  # noqa: BLE001
+            row.update(status="error", error_stage="parse", error=one_line(e))
+            return
+        row.update(visual_quality=parsed.visual_quality, text_alignment=parsed.text_alignment,
+                   physical_consistency=parsed.physical_consistency, parse_mode=parsed.parse_mode,
+                   out_of_range=parsed.out_of_range, rationale=parsed.rationale)
+        for dim, s, e in zip(("visual_quality", "text_alignment", "physical_consistency"), soft.soft, soft.expected):
+            row[f"{dim}_soft"] = s
+            row[f"{dim}_expected"] = e
+
+    # -- the UDF ---------------------------------------------------------------------------------
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
+        n = len(batch["row_id"])
+        rows = [self._base(batch, i) for i in range(n)]
+        pending: list[tuple[dict[str, Any], EngineRequest]] = []
+        for i, row in enumerate(rows):
+            if row["status"] != "ok":
+                continue
+            try:
+                pending.append((row, self._request(row, batch, i)))
+            except Exception as e:  # noqa: BLE001
+                row.update(status="error", error_stage="prompt", error=one_line(e))
+        t0 = time.perf_counter()
+        if pending:
+            try:
+                outputs = self.engine.generate([r for _, r in pending])
+            except Exception as e:  # noqa: BLE001 - the engine is broken for this batch: rows say so
+                outputs = [EngineOutput(request_id=r.request_id, error=one_line(e)) for _, r in pending]
+            per = (time.perf_counter() - t0) / len(pending)
+            for (row, _), out in zip(pending, outputs):
+                row["score_s"] = per
+                self._fill(row, out)
+        self.report(_counts(rows))
+        return rows_to_table(rows)
+
+
+def _counts(rows: list[dict[str, Any]]) -> dict[str, float]:
+    c: dict[str, float] = {"rows_scored": len(rows), "rows_ok": 0, "output_tokens": 0, "prompt_tokens": 0}
+    for r in rows:
+        c["output_tokens"] += r.get("output_tokens") or 0
+        c["prompt_tokens"] += r.get("prompt_tokens") or 0
+        if r["status"] == "ok":
+            c["rows_ok"] += 1
+        else:
+            k = f"errors_{r.get('error_stage') or 'unknown'}"
+            c[k] = c.get(k, 0) + 1
+    return c
+
+
+def _py(v: Any) -> Any:
+    """numpy scalar -> python scalar (None stays None)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

@@ -1,0 +1,30 @@
+"""Session fixtures for real infrastructure: a moto S3 server on loopback and a local Ray."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.s3_server import EmbeddedS3
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    with EmbeddedS3(buckets=["vscore-test"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=512 * 1024**2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
