@@ -149,7 +149,7 @@ class ScoreConfig(_Model):
         keep = {
             "model": self.engine.model, "revision": self.engine.revision, "dtype": self.engine.dtype,
             "template": self.prompt.template, "sampling": self.sampling.model_dump(),
-            "decode": self.decode.model_dump(include={"fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels"}),
+            "decode": self.decode.model_dump(include={"fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels", "apply_rotation"}),
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -4,7 +4,9 @@
 from container metadata (decord: `len(vr)`, `vr.get_avg_fps()`), the frame plan is `pipeline.frames.plan_frames`,
 and the kept frames are resized to the planned size. Throughput rules (docs/cpu-stack.md section 5): decode
 sequentially and never seek (seeking restarts at the previous keyframe, 5x slower at the x264 default GOP),
-convert and resize only the kept frames, straight from the decoder's YUV to rgb24 at the target size.
+convert and resize only the kept frames, straight from the decoder's YUV to rgb24 at the target size
+(`VideoReformatter.reformat(frame, width=, height=, format="rgb24", interpolation=BICUBIC)`: what
+`frame.reformat(...)` does, with one swscale context reused across the kept frames of a clip).
 
 `DecodeStage` is the Ray Data actor around it (`map_batches(DecodeStage, fn_constructor_args=(cfg,),
 compute=ActorPoolStrategy(...), batch_format="numpy")`).
@@ -21,6 +23,7 @@ from typing import Any
 
 import av
 import numpy as np
+import pyarrow as pa
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from pipeline.config import DecodeConfig
@@ -35,6 +38,12 @@ __all__ = ["DecodeError", "DecodedVideo", "DecodeStage", "decode_video", "probe_
 # the pixel-level gap to the reference is measured separately, not here. Colour conversion uses the
 # frame's own colorspace/range tags (PyAV >= 17 passes them to sws_scale_frame).
 RESIZE_INTERPOLATION = Interpolation.BICUBIC
+
+
+def _av_msg(e: BaseException) -> str:
+    """`InvalidDataError: Invalid data found when processing input` (no errno, no '<none>' file name)."""
+    strerror = getattr(e, "strerror", None)
+    return f"{type(e).__name__}: {strerror}" if strerror else one_line(e, 300)
 
 
 class DecodeError(Exception):
@@ -77,7 +86,7 @@ def _open(data: bytes) -> av.container.InputContainer:
     try:
         return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except av.FFmpegError as e:
-        raise DecodeError(f"cannot open container: {one_line(e, 300)}") from None
+        raise DecodeError(f"cannot open container: {_av_msg(e)}") from None
 
 
 def _pick_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -147,7 +156,7 @@ def probe_video(data: bytes, cfg: DecodeConfig | None = None) -> dict[str, Any]:
     try:
         p = _probe(container, cfg)
     except av.FFmpegError as e:
-        raise DecodeError(one_line(e, 300)) from None
+        raise DecodeError(_av_msg(e)) from None
     finally:
         container.close()
     return {"total_frames": p.total_frames, "fps": p.fps, "width": p.coded_width, "height": p.coded_height,
@@ -248,7 +257,9 @@ def decode_video(data: bytes, cfg: DecodeConfig) -> DecodedVideo:
         return _decode_video(data, cfg)
     except DecodeError:
         raise
-    except (av.FFmpegError, ValueError, OverflowError, ZeroDivisionError, IndexError, UnicodeError) as e:
+    except av.FFmpegError as e:
+        raise DecodeError(_av_msg(e)) from None
+    except (ValueError, OverflowError, ZeroDivisionError, IndexError, UnicodeError) as e:
         raise DecodeError(one_line(e, 300)) from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None
@@ -294,23 +305,30 @@ def _decode_video(data: bytes, cfg: DecodeConfig) -> DecodedVideo:
 _EMPTY_FRAMES_SHAPE = (0, 0, 0, 3)
 
 
-def _py(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+def _str_or_none(v: Any) -> str | None:
+    """A string cell from a numpy batch. Ray hands an all-null column over as float NaN: that is None."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v if isinstance(v, str) else None
 
 
-def _object_column(values: list[Any]) -> np.ndarray:
-    """A 1-D object array holding `values` as-is (np.array would stack equal-shaped arrays into one ndarray)."""
-    col = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        col[i] = v
-    return col
+def _frames_type() -> pa.DataType:
+    from ray.data.extensions import ArrowVariableShapedTensorType
+
+    return ArrowVariableShapedTensorType(dtype=pa.uint8(), ndim=4)
 
 
 class DecodeStage:
     """Ray Data callable class: a batch of read rows (with `video` bytes) -> the same rows with frames.
 
-    Rows with status != "ok" pass through with empty frames; a decode failure makes the row
-    status "error", error_stage "decode", error "<one line>". `video` is dropped.
+    Input: a numpy batch (`batch_format="numpy"`) with INPUT_COLUMNS. Output: a pyarrow Table with exactly
+    OUTPUT_COLUMNS (types in `output_types()`); `video` is dropped. `frames` is always an Arrow
+    variable-shaped uint8 tensor column (ndim 4), also when every clip of a batch has the same size, so all
+    blocks share one schema; downstream numpy batches get it back as an object array of (T, H, W, 3) arrays.
+
+    Rows whose status is not "ok" pass through untouched, with empty (0, 0, 0, 3) frames and zero numbers;
+    a decode failure makes the row status "error", error_stage "decode", error "<one line>".
     """
 
     PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json")
@@ -322,11 +340,18 @@ class DecodeStage:
         self.cfg = cfg
 
     @staticmethod
+    def output_types() -> dict[str, pa.DataType]:
+        types = {c: pa.string() for c in DecodeStage.PASS_THROUGH + ("status", "error_stage", "error", "frame_indices")}
+        types.update(frames=_frames_type(), num_frames=pa.int32(), width=pa.int32(), height=pa.int32(),
+                     duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64())
+        return {c: types[c] for c in DecodeStage.OUTPUT_COLUMNS}
+
+    @staticmethod
     def empty_frames() -> np.ndarray:
         return np.zeros(_EMPTY_FRAMES_SHAPE, dtype=np.uint8)
 
-    def decode_row(self, video: Any, status: str, error_stage: Any, error: Any) -> dict[str, Any]:
-        """Output fields (except the pass-through ones) for one row."""
+    def decode_row(self, video: Any, status: str, error_stage: str | None, error: str | None) -> dict[str, Any]:
+        """Output fields (all but the pass-through ones) for one row."""
         res: dict[str, Any] = {"status": status, "error_stage": error_stage, "error": error,
                                "frames": self.empty_frames(), "frame_indices": "", "num_frames": 0,
                                "width": 0, "height": 0, "duration_s": 0.0, "src_fps": 0.0, "total_frames": 0,
@@ -335,7 +360,7 @@ class DecodeStage:
             return res
         t0 = time.perf_counter()
         try:
-            data = bytes(video) if video is not None else b""
+            data = bytes(video) if isinstance(video, (bytes, bytearray, memoryview, np.ndarray)) else b""
             dv = decode_video(data, self.cfg)
         except DecodeError as e:
             res.update(status="error", error_stage="decode", error=str(e))
@@ -348,18 +373,25 @@ class DecodeStage:
         res["decode_s"] = time.perf_counter() - t0
         return res
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from ray.data.extensions import ArrowVariableShapedTensorArray
+
         n = len(batch["row_id"])
-        rows = [self.decode_row(batch["video"][i], _py(batch["status"][i]), _py(batch["error_stage"][i]),
-                                _py(batch["error"][i])) for i in range(n)]
-        out: dict[str, np.ndarray] = {c: batch[c] for c in self.PASS_THROUGH}
-        out["status"] = _object_column([r["status"] for r in rows])
-        out["error_stage"] = _object_column([r["error_stage"] for r in rows])
-        out["error"] = _object_column([r["error"] for r in rows])
-        out["frames"] = _object_column([r["frames"] for r in rows])
-        out["frame_indices"] = _object_column([r["frame_indices"] for r in rows])
-        for c in ("num_frames", "width", "height", "total_frames"):
-            out[c] = np.array([r[c] for r in rows], dtype=np.int64)
-        for c in ("duration_s", "src_fps", "decode_s"):
-            out[c] = np.array([r[c] for r in rows], dtype=np.float64)
-        return out
+        rows = []
+        for i in range(n):
+            status = _str_or_none(batch["status"][i]) or "ok"
+            rows.append(self.decode_row(batch["video"][i], status, _str_or_none(batch["error_stage"][i]),
+                                        _str_or_none(batch["error"][i])))
+        types = self.output_types()
+        cols: dict[str, pa.Array] = {}
+        for c in self.PASS_THROUGH:
+            cols[c] = pa.array([_str_or_none(v) for v in batch[c]] if c in batch else [None] * n, type=pa.string())
+        for c in self.OUTPUT_COLUMNS:
+            if c in cols:
+                continue
+            if c == "frames":
+                frames = [r["frames"] for r in rows]
+                cols[c] = ArrowVariableShapedTensorArray.from_numpy(frames) if n else pa.array([], type=types[c])
+            else:
+                cols[c] = pa.array([r[c] for r in rows], type=types[c])
+        return pa.Table.from_arrays([cols[c] for c in self.OUTPUT_COLUMNS], names=list(self.OUTPUT_COLUMNS))

@@ -103,10 +103,11 @@ def frame_indices(total_frames: int, nframes: int) -> list[int]:
     0.0.14 decord/torchcodec/torchvision readers, computed here with numpy in float64 (round half to even,
     like torch.round).
 
-    Identical to torch's float32 result for every clip under ~18,900 frames (10 min at 30 fps; checked
-    exhaustively for the 2 fps plans). Beyond that torch's float32 linspace itself is off by up to one frame
-    at a few positions (and its exact values depend on the CPU's SIMD width), while float64 is exact.
-    With n even, (n-1) is odd so no index is ever an exact .5 tie.
+    Identical to torch's float32 result below ~12,000 source frames (6.7 min at 30 fps; checked for every
+    2 fps plan up to 12,000 frames and 100k random (total, n) pairs; the first mismatch seen is at 12,283).
+    Beyond that torch's float32 linspace is itself off by one frame at a few positions (its rounding error
+    grows with the index, and its exact values depend on the CPU's SIMD path), while float64 is exact.
+    With n even, (n-1) is odd, so no exact .5 tie ever occurs.
     """
     if nframes < 1 or total_frames < 1:
         raise ValueError(f"need total_frames >= 1 and nframes >= 1, got {total_frames}, {nframes}")

@@ -233,7 +233,8 @@ def iter_shard(shard: str, shard_group: str, cfg: InputConfig) -> Iterator[dict[
 
 
 def shard_group_of(index: int, shards_per_group: int) -> str:
-    return f"{index // shards_per_group:05d}"
+    # not all digits, so hive partition discovery keeps it a string
+    return f"g{index // shards_per_group:05d}"
 
 
 def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str | None = None) -> Iterator[dict[str, list[Any]]]:

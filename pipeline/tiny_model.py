@@ -82,8 +82,8 @@ _WORDS = (
     "the a an of to and in on with for is are was be this that it video frame frames motion camera scene "
     "object objects person people dog cat car sky water tree light shadow color colors texture detail details "
     "smooth smoothness clarity clear blurry blur sharp artifacts artifact flicker flickering distortion noise "
-    "consistent consistency inconsistent natural naturalness physics plausible plausibility realistic unrealistic "
-    "prompt fidelity alignment aligned visual quality text physical common sense score scores rating overall "
+    "consistent steady inconsistent natural naturalness physics plausible plausibility realistic unrealistic "
+    "prompt fidelity matched aligned clean caption real world score scores rating overall "
     "good bad poor fair excellent average high low slightly very mostly some minor major severe "
     "analysis multi dimensional dimension evaluate evaluation expert generated AI model output format "
     "however but although while because therefore overall first second third finally moves walks runs flies "
@@ -91,6 +91,8 @@ _WORDS = (
 ).split()
 
 _SYLLABLES = "ba be bi bo bu ka ke ki ko ku ra re ri ro ru ta te ti to tu na ne ni no nu ma me mi mo mu".split()
+
+EOS_WEIGHT = 0.4  # bigram weight of "final score digit -> <|im_end|>"; sets the typical reply length
 
 _LABELS = ("visual quality", "text-to-video alignment", "physical/common-sense consistency")
 
@@ -228,15 +230,15 @@ def _bigram_weights(tok, seed: int, hidden: int, vocab_rows: int):
     # The prompt always ends with "<|im_start|>assistant\n": its last token starts the reply.
     start = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)[-1]
     counts = np.zeros((n, n), dtype=np.float64)
-    rng = random.Random(seed + 2)
     for ids in tok(_vs2_docs(seed), add_special_tokens=False)["input_ids"]:
         seq = np.asarray([start, *ids], dtype=np.int64)
         np.add.at(counts, (seq[:-1], seq[1:]), 1.0)
-        counts[start, seq[1]] += 4.0  # open with "<think>" far more often than any other "\n" successor
-        if rng.random() < 0.25:  # stop only now and then: replies run to a few hundred tokens
-            counts[seq[-1], eos] += 1.0
+        counts[start, seq[1]] += 20.0  # open with "<think>" far more often than any other "\n" successor
+        counts[seq[-1], eos] += EOS_WEIGHT  # the final digit sometimes ends the reply
     alpha = 0.01
     logp = np.log(counts + alpha) - np.log((counts + alpha).sum(axis=1, keepdims=True))
+    # Jitter breaks exact ties ("(" -> "1"/"2"/"3" are equally frequent) so greedy top-1 margins are wide.
+    logp += np.random.default_rng(seed).normal(0.0, 0.5, size=logp.shape)
     logp -= logp.mean(axis=1, keepdims=True)
     u, s, vt = np.linalg.svd(logp)
     r = hidden - 1

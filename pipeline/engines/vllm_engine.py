@@ -1,0 +1,354 @@
+"""The vLLM engine: the production path. A thin adapter from `EngineRequest`s to vLLM prompts.
+
+Each request becomes `{"prompt": <chat text>, "multi_modal_data": {"video": (frames, metadata)},
+"mm_processor_kwargs": {...}}`. The frames are already sampled and resized, so the processor is told
+not to resample (`do_sample_frames=False`) or resize (`do_resize=False`), and the metadata presents
+them as a clip sampled at exactly 2 fps so that second_per_grid_ts = 1.0 as in the official script
+(see `pipeline.chat.nominal_video_metadata`).
+
+Soft-score inputs: every request asks for the log-probabilities of the five digit tokens at every
+generated position (`SamplingParams.logprob_token_ids`, vLLM >= 0.3x; older versions fall back to the
+top-`logprobs` list, where a digit outside it is -inf). By default the engine runs with
+`logprobs_mode="processed_logprobs"`, i.e. after penalties, temperature, top-k and top-p, exactly
+what transformers' `output_scores` gives the official soft score. With `logprobs_mode="raw_logprobs"`
+(vLLM's default; set it in engine_kwargs) the raw values are divided by the temperature, which equals
+the temperature-scaled distribution up to a per-row constant but ignores top-k/top-p masking and
+repetition penalty.
+
+Two ways to run it. With `use_async=True` (the default when `engine_cfg.batches_in_flight > 1`) an
+`AsyncLLM` is driven from a private event-loop thread: `agenerate()` (awaitable from any event loop)
+and `generate()` (blocking, thread-safe) submit every request of a batch at once, and batches coming
+from several threads or coroutines share the running engine batch, so it never drains between them.
+With `use_async=False` a synchronous `vllm.LLM` runs one batch per `generate()` call (serialised by a
+lock).
+
+vllm is an optional dependency: it is imported only when an engine is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.chat import (
+    NOMINAL_FPS,
+    VIDEO_PROCESSOR_KWARGS,
+    digit_token_ids,
+    nominal_video_metadata,
+    render_chat,
+    video_token_count,
+)
+from pipeline.engines.base import EngineOutput, EngineRequest
+from pipeline.engines.hf_engine import one_line
+from pipeline.engines.sampling import resolve_sampling
+
+if TYPE_CHECKING:
+    from pipeline.config import EngineConfig, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+VIDEO_PAD = "<|video_pad|>"
+
+
+def engine_args(engine_cfg: "EngineConfig", video_fps: float = NOMINAL_FPS, max_logprobs: int = 20) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM` / `AsyncEngineArgs` built from the engine config."""
+    args: dict[str, Any] = {
+        "model": engine_cfg.model,
+        "revision": engine_cfg.revision,
+        "tokenizer_revision": engine_cfg.revision,
+        "dtype": engine_cfg.dtype,
+        "tensor_parallel_size": engine_cfg.tensor_parallel_size,
+        "max_model_len": engine_cfg.max_model_len,
+        "max_num_seqs": engine_cfg.max_num_seqs,
+        "gpu_memory_utilization": engine_cfg.gpu_memory_utilization,
+        "enforce_eager": engine_cfg.enforce_eager,
+        "limit_mm_per_prompt": {"image": 0, "video": 1},
+        # Engine-wide defaults (also used by vLLM's start-up profiling run); repeated per request.
+        "mm_processor_kwargs": {**VIDEO_PROCESSOR_KWARGS, "fps": video_fps},
+        "logprobs_mode": "processed_logprobs",
+        "max_logprobs": max(20, max_logprobs),
+    }
+    if engine_cfg.max_num_batched_tokens is not None:
+        args["max_num_batched_tokens"] = engine_cfg.max_num_batched_tokens
+    if engine_cfg.kind == "vllm":  # engine_kwargs belong to the engine the config names
+        args.update(engine_cfg.engine_kwargs)
+    return args
+
+
+class _LoopThread:
+    """An asyncio event loop running forever in a daemon thread (home of the AsyncLLM)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-async-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro):  # -> concurrent.futures.Future
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        async def drain() -> None:  # let cancelled tasks (AsyncLLM's output handler) finish cancelling
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.submit(drain()).result(timeout=10)
+        except Exception:  # pragma: no cover - best effort
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class VLLMEngine:
+    """`base.Engine` on vLLM: `AsyncLLM` when `use_async` (default: `engine_cfg.batches_in_flight > 1`),
+    else the synchronous `vllm.LLM`."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        engine_cfg: "EngineConfig",
+        sampling_cfg: "SamplingConfig",
+        video_fps: float = NOMINAL_FPS,
+        use_async: bool | None = None,
+    ) -> None:
+        from transformers import AutoProcessor
+
+        if use_async is None:  # several batches in flight need the async engine
+            use_async = engine_cfg.batches_in_flight > 1
+        self.engine_cfg = engine_cfg
+        self.video_fps = float(video_fps)
+        self.use_async = bool(use_async)
+        self._lock = threading.Lock()  # the sync LLM is not thread-safe
+        self.sampling = resolve_sampling(engine_cfg.model, sampling_cfg, revision=engine_cfg.revision)
+        # The checkpoint's own processor: chat template and a transformers tokenizer (Engine.tokenizer).
+        self.processor = AutoProcessor.from_pretrained(engine_cfg.model, revision=engine_cfg.revision)
+        self.tokenizer = self.processor.tokenizer
+        self.digit_ids = digit_token_ids(self.tokenizer)
+        self.max_model_len = engine_cfg.max_model_len
+        self.args = engine_args(engine_cfg, self.video_fps, self.sampling["logprobs"])
+        self.logprobs_mode = str(self.args.get("logprobs_mode", "raw_logprobs"))
+        self.mm_processor_kwargs = {**VIDEO_PROCESSOR_KWARGS, "fps": self.video_fps}
+
+        t0 = time.perf_counter()
+        self.llm: Any = None
+        self.async_llm: Any = None
+        self._loop: _LoopThread | None = None
+        if use_async:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self._loop = _LoopThread()
+            # Built in the caller's thread (vLLM starts its engine-core process here); AsyncLLM starts
+            # its output handler lazily on the first request, i.e. on the private loop.
+            self.async_llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.args))
+        else:
+            import vllm
+
+            self.llm = vllm.LLM(**self.args)
+        self.load_seconds = time.perf_counter() - t0
+        self._sp_fields = self._sampling_param_fields()
+        log.info("vllm engine (%s): %s in %.1fs, sampling %s", "async" if use_async else "sync", engine_cfg.model,
+                 self.load_seconds, {k: v for k, v in self.sampling.items() if k != "source"})
+
+    # ---- prompts and parameters ---------------------------------------------------------------
+
+    def render_prompt(self, user_text: str) -> str:
+        return render_chat(self.processor, user_text)
+
+    @staticmethod
+    def _sampling_param_fields() -> set[str]:
+        import inspect
+
+        from vllm import SamplingParams
+
+        return set(inspect.signature(SamplingParams).parameters)
+
+    def sampling_params(self, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        s = self.sampling
+        kw: dict[str, Any] = {
+            "n": 1,
+            "temperature": s["temperature"],  # 0.0 = greedy
+            "top_p": s["top_p"],
+            "top_k": s["top_k"],  # 0 = off
+            "repetition_penalty": s["repetition_penalty"],
+            "max_tokens": s["max_new_tokens"],
+            "seed": int(seed),
+            "skip_special_tokens": True,
+        }
+        if "logprob_token_ids" in self._sp_fields:
+            kw["logprob_token_ids"] = list(self.digit_ids)
+        else:
+            kw["logprobs"] = s["logprobs"]
+        return SamplingParams(**kw)
+
+    def vllm_prompt(self, req: EngineRequest) -> dict[str, Any]:
+        meta = nominal_video_metadata(req.frames, self.video_fps)
+        meta["do_sample_frames"] = False
+        return {
+            "prompt": req.prompt,
+            "multi_modal_data": {"video": (req.frames, meta)},
+            "mm_processor_kwargs": dict(self.mm_processor_kwargs),
+        }
+
+    def expected_prompt_tokens(self, req: EngineRequest) -> int:
+        """Prompt length after the video placeholder expands (validates the frames and the prompt)."""
+        ids = self.tokenizer.encode(req.prompt, add_special_tokens=False)
+        pad = self.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+        n_pad = sum(1 for i in ids if i == pad)
+        if n_pad != 1:
+            raise ValueError(f"prompt must hold exactly one {VIDEO_PAD} placeholder, found {n_pad}")
+        return len(ids) - 1 + video_token_count(req.frames)
+
+    def _validate(self, req: EngineRequest) -> None:
+        n = self.expected_prompt_tokens(req)
+        if n >= self.max_model_len:
+            raise ValueError(f"prompt is {n} tokens (video included), max_model_len is {self.max_model_len}")
+
+    # ---- outputs ----------------------------------------------------------------------------
+
+    def _digit_rows(self, logprobs: Any, n_tokens: int) -> np.ndarray:
+        rows = np.full((n_tokens, len(self.digit_ids)), -np.inf, dtype=np.float32)
+        if not logprobs:
+            return rows
+        temperature = self.sampling["temperature"]
+        divide = self.logprobs_mode.startswith("raw") and temperature > 0
+        for pos, step in enumerate(list(logprobs)[:n_tokens]):
+            if not step:
+                continue
+            for j, tid in enumerate(self.digit_ids):
+                lp = step.get(tid)
+                if lp is None:
+                    continue
+                v = float(lp.logprob)
+                if math.isnan(v):
+                    continue
+                rows[pos, j] = v / temperature if divide else v
+        return rows
+
+    def _to_output(self, req: EngineRequest, out: Any) -> EngineOutput:
+        comp = out.outputs[0]
+        ids = [int(t) for t in comp.token_ids]
+        return EngineOutput(
+            request_id=req.request_id,
+            text=comp.text,
+            token_ids=ids,
+            digit_logprobs=self._digit_rows(comp.logprobs, len(ids)),
+            prompt_tokens=len(out.prompt_token_ids or []),
+            output_tokens=len(ids),
+        )
+
+    @staticmethod
+    def _is_engine_dead(e: BaseException) -> bool:
+        return type(e).__name__ in ("EngineDeadError",)
+
+    # ---- sync path ----------------------------------------------------------------------------
+
+    def _llm_generate(self, reqs: list[EngineRequest]) -> list[Any]:
+        prompts = [self.vllm_prompt(r) for r in reqs]
+        params = [self.sampling_params(r.seed) for r in reqs]
+        return self.llm.generate(prompts, params, use_tqdm=False)
+
+    def generate(self, requests: list[EngineRequest]) -> list[EngineOutput]:
+        if self.use_async:
+            return self._loop.submit(self._agenerate(requests)).result()
+        with self._lock:  # vllm.LLM (and the tokenizer used for validation) are not thread-safe
+            return self._generate_sync(requests)
+
+    def _generate_sync(self, requests: list[EngineRequest]) -> list[EngineOutput]:
+        results: dict[int, EngineOutput] = {}
+        ok: list[int] = []
+        for i, req in enumerate(requests):
+            try:
+                self._validate(req)
+                ok.append(i)
+            except Exception as e:
+                results[i] = EngineOutput(request_id=req.request_id, error=one_line(e))
+        if ok:
+            try:
+                outs = self._llm_generate([requests[i] for i in ok])
+                for i, out in zip(ok, outs):
+                    results[i] = self._to_output(requests[i], out)
+            except Exception as e:
+                if self._is_engine_dead(e):
+                    raise
+                # vLLM rejects the whole call when one request fails validation or preprocessing (it
+                # aborts the ones already added): resubmit one by one so only the bad one errors.
+                log.warning("vLLM batch of %d failed (%s); retrying one by one", len(ok), one_line(e))
+                for i in ok:
+                    try:
+                        results[i] = self._to_output(requests[i], self._llm_generate([requests[i]])[0])
+                    except Exception as e1:
+                        if self._is_engine_dead(e1):
+                            raise
+                        results[i] = EngineOutput(request_id=requests[i].request_id, error=one_line(e1))
+        return [results[i] for i in range(len(requests))]
+
+    # ---- async path ---------------------------------------------------------------------------
+
+    async def agenerate(self, requests: list[EngineRequest]) -> list[EngineOutput]:
+        """Submit every request at once and await them all. Awaitable from any event loop or thread;
+        with the async engine concurrent calls share the running batch (with the sync engine they
+        run one after another in a worker thread)."""
+        if not self.use_async:
+            return await asyncio.to_thread(self.generate, requests)
+        return await asyncio.wrap_future(self._loop.submit(self._agenerate(requests)))
+
+    async def _agenerate(self, requests: list[EngineRequest]) -> list[EngineOutput]:
+        return list(await asyncio.gather(*(self._agenerate_one(r) for r in requests)))
+
+    async def _agenerate_one(self, req: EngineRequest) -> EngineOutput:
+        from vllm.sampling_params import RequestOutputKind
+
+        try:
+            self._validate(req)
+            sp = self.sampling_params(req.seed)
+            sp.output_kind = RequestOutputKind.FINAL_ONLY
+            final = None
+            rid = f"{req.request_id}-{uuid.uuid4().hex[:12]}"  # unique even if ids repeat across batches
+            async for out in self.async_llm.generate(self.vllm_prompt(req), sp, rid):
+                final = out
+            if final is None:
+                raise RuntimeError("vLLM returned no output")
+            return self._to_output(req, final)
+        except Exception as e:
+            if self._is_engine_dead(e):
+                raise
+            cause = e.__cause__ if type(e).__name__ == "EngineGenerateError" and e.__cause__ else e
+            return EngineOutput(request_id=req.request_id, error=one_line(cause))
+
+    # ---- teardown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        import gc
+
+        if self.async_llm is not None:
+            try:
+                self.async_llm.shutdown()
+            except Exception as e:  # pragma: no cover - best effort
+                log.warning("AsyncLLM shutdown: %s", one_line(e))
+            self.async_llm = None
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+        if self.llm is not None:
+            try:
+                self.llm.llm_engine.engine_core.shutdown()
+            except Exception as e:  # pragma: no cover - best effort
+                log.warning("LLM shutdown: %s", one_line(e))
+            self.llm = None
+        gc.collect()
