@@ -1,0 +1,1 @@
+"""CLI subcommands: thin argument parsing around the modules that do the work."""

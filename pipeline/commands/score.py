@@ -1,0 +1,24 @@
+"""`vscore score CONFIG [dotted.key=value ...]`: the main job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(a: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.job import run as run_job
+
+    cfg = load_config(a.config, a.overrides)
+    summary = run_job(cfg, progress_every_s=a.progress_every)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("score", help="run the scoring job described by a YAML config")
+    sp.add_argument("config", help="YAML run config (see configs/ and pipeline/config.py)")
+    sp.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. engine.kind=vllm")
+    sp.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress log lines")
+    sp.set_defaults(fn=run)
