@@ -125,6 +125,8 @@ class OutputConfig(_Model):
     partition_cols: list[str] = Field(default_factory=lambda: ["run_id", "shard_group"], description="Hive partition columns.")
     shards_per_group: int = Field(64, ge=1, description="Shards per `shard_group` partition value.")
     run_id: str | None = Field(None, description="Run id partition value; None = derived from the score-affecting config (model, template, sampling, decode).")
+    quarantine_path: str | None = Field(None, description="Where error rows are also written (same schema); None = '<path>-quarantine'.")
+    min_rows_per_file: int = Field(64, ge=1, description="Rows buffered per write task (one commit unit, one file per partition).")
 
 
 class RayConfig(_Model):

@@ -16,14 +16,15 @@ import time
 import uuid
 from typing import Any
 
-import pyarrow.dataset as pads
 import ray
 
-from pipeline import stats
+from pipeline import resume, stats
 from pipeline.config import ScoreConfig
 from pipeline.decode import DecodeStage
 from pipeline.score_stage import ScoreStage
+from pipeline.resume import shard_manifest_dir
 from pipeline.shards import filesystem, list_shards, read_shards_batch, shard_group_of
+from pipeline.sink import CommittedParquetSink, quarantine_url
 
 log = logging.getLogger("vscore")
 
@@ -45,15 +46,23 @@ def init_ray(cfg: ScoreConfig) -> None:
              include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
 
 
-def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = None) -> "ray.data.Dataset":
-    """The lazy Ray Data pipeline for `shards`; nothing runs until it is consumed."""
+def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = None,
+                  skip: dict[str, list[str]] | None = None, all_shards: list[str] | None = None) -> "ray.data.Dataset":
+    """The lazy Ray Data pipeline for `shards`; nothing runs until it is consumed.
+
+    `skip` maps a shard to row ids already committed (resume); `all_shards` fixes shard-group numbering
+    when some shards were skipped entirely."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
-    items = [{"shard": s, "shard_group": shard_group_of(i, cfg.output.shards_per_group)} for i, s in enumerate(shards)]
+    index = {s: i for i, s in enumerate(all_shards or shards)}
+    skip = skip or {}
+    items = [{"shard": s, "shard_group": shard_group_of(index[s], cfg.output.shards_per_group), "skip": skip.get(s, [])}
+             for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # 1. read: one task per shard, streaming samples out in small blocks (I/O bound: little CPU).
-    ds = ds.map_batches(read_shards_batch, fn_kwargs={"cfg": cfg.input, "stats_name": stats_name}, batch_size=1,
-                        num_cpus=cfg.input.read_num_cpus, batch_format="default")
+    ds = ds.map_batches(read_shards_batch, fn_kwargs={"cfg": cfg.input, "stats_name": stats_name,
+                                                      "manifest_dir": shard_manifest_dir(cfg), "manifest_storage": cfg.output.storage},
+                        batch_size=1, num_cpus=cfg.input.read_num_cpus, batch_format="numpy")
     if cfg.input.limit:
         ds = ds.limit(cfg.input.limit)
     # 2. decode: CPU actors; video bytes in, uint8 frames out (bytes dropped here).
@@ -63,9 +72,13 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
                         num_cpus=d.num_cpus)
     # 3. score: accelerator actors owning one engine each.
     e = cfg.engine
+    # `batches_in_flight` calls run concurrently in each actor (threads; the engine is thread-safe and
+    # shares one running engine batch between them), so the engine never drains between batches.
     ds = ds.map_batches(ScoreStage, fn_constructor_args=(cfg, stats_name), batch_size=e.batch_size,
-                        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.actors,
-                        max_tasks_in_flight_per_actor=e.batches_in_flight),
+                        batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+                            size=e.actors, max_tasks_in_flight_per_actor=e.batches_in_flight,
+                            max_concurrent_calls_per_actor=e.batches_in_flight,
+                            enable_true_multi_threading=e.batches_in_flight > 1),
                         num_gpus=e.num_gpus if e.num_gpus > 0 else None, num_cpus=e.num_cpus)
     return ds
 
@@ -87,67 +100,59 @@ def _progress(stats_handle: Any, every_s: float, stop: threading.Event) -> None:
 
 
 def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
-    """Run the scoring job to completion and return (and write) its summary."""
+    """Run the scoring job to completion (resuming a previous run of the same config and output) and
+    return (and write) its summary."""
     run_id = cfg.resolved_run_id()
-    shards = list_shards(cfg.input.shards, cfg.input.storage)
-    if not shards:
+    all_shards = list_shards(cfg.input.shards, cfg.input.storage)
+    if not all_shards:
         raise SystemExit(f"no shards match {cfg.input.shards!r}")
-    init_ray(cfg)
-    stats_name = f"vscore-stats-{uuid.uuid4().hex[:8]}"
-    handle = stats.create(stats_name)
-    log.info("run %s: %d shards -> %s (engine %s, model %s, template %s)", run_id, len(shards), cfg.output.path,
+    resume.guard_fingerprint(cfg)
+    state = resume.load_state(cfg)
+    resume.remove_uncommitted(cfg, state)
+    todo = [s for s in all_shards if not state.shard_done(s)]
+    skip = {s: state.committed_by_shard[s] for s in todo if s in state.committed_by_shard}
+    log.info("run %s: %d shards (%d already complete, %d committed rows) -> %s (engine %s, model %s, template %s)",
+             run_id, len(all_shards), len(all_shards) - len(todo), len(state.committed), cfg.output.path,
              cfg.engine.kind, cfg.engine.model, cfg.prompt.template)
-    stop = threading.Event()
-    ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop), daemon=True)
-    ticker.start()
     t0 = time.time()
-    ds = build_dataset(cfg, shards, stats_name)
-    out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    pa_fs = PyFileSystem(FSSpecHandler(out_fs))
-    try:
-        ds.write_parquet(out_root, partition_cols=cfg.output.partition_cols or None, filesystem=pa_fs)
-    finally:
-        stop.set()
+    counters: dict[str, Any] = {}
+    if todo:
+        init_ray(cfg)
+        stats_name = f"vscore-stats-{uuid.uuid4().hex[:8]}"
+        handle = stats.create(stats_name)
+        stop = threading.Event()
+        ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop), daemon=True)
+        ticker.start()
+        ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards)
+        sink = CommittedParquetSink(cfg.output, run_id, min_rows_per_write=cfg.output.min_rows_per_file)
+        try:
+            ds.write_datasink(sink)
+        finally:
+            stop.set()
+        counters = ray.get(handle.snapshot.remote())
+        ray.kill(handle)
     wall = time.time() - t0
-    counters = ray.get(handle.snapshot.remote())
-    ray.kill(handle)
-    summary = summarize(cfg, run_id, shards, wall, counters)
+    final = resume.load_state(cfg)
+    summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=len(state.committed))
+    out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
     out_fs.makedirs(f"{out_root}/{SUMMARY_DIR}", exist_ok=True)
-    with out_fs.open(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", "w") as f:
-        json.dump(summary, f, indent=2)
+    out_fs.pipe_file(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", json.dumps(summary, indent=2).encode())
     return summary
 
 
-def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, counters: dict[str, Any]) -> dict[str, Any]:
-    """Counts read back from the written dataset (the truth), plus the stages' counters."""
-    out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    dset = pads.dataset(out_root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(out_fs)))
-    cols = ["status", "error_stage", "parse_mode"]
-    filt = (pads.field("run_id") == run_id) if "run_id" in dset.schema.names else None
-    table = dset.to_table(columns=cols, filter=filt)
-    statuses = table.column("status").to_pylist()
-    stages = table.column("error_stage").to_pylist()
-    modes = table.column("parse_mode").to_pylist()
-    errors_by_stage: dict[str, int] = {}
-    for st, stage in zip(statuses, stages):
-        if st != "ok":
-            errors_by_stage[stage or "unknown"] = errors_by_stage.get(stage or "unknown", 0) + 1
-    parse_modes: dict[str, int] = {}
-    for st, m in zip(statuses, modes):
-        if st == "ok":
-            parse_modes[m or "none"] = parse_modes.get(m or "none", 0) + 1
-    rows_out = len(statuses)
+def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, counters: dict[str, Any],
+              state: "resume.ResumeState", resumed_rows: int = 0) -> dict[str, Any]:
+    """Totals over everything committed for this run (this invocation and earlier ones)."""
+    totals = state.totals()
+    errors = sum(totals["errors_by_stage"].values())
+    rows_in = sum(len(v) for s, v in state.shard_rows.items() if s in set(shards))
+    new_rows = totals["rows"] - resumed_rows
     return {
-        "run_id": run_id, "output": cfg.output.path, "shards": len(shards),
-        "rows_in": int(counters.get("rows_read", 0)), "rows_out": rows_out,
-        "ok": rows_out - sum(errors_by_stage.values()), "errors": sum(errors_by_stage.values()),
-        "errors_by_stage": errors_by_stage, "parse_modes": parse_modes,
-        "wall_s": round(wall_s, 2), "videos_per_s": round(rows_out / wall_s, 3) if wall_s > 0 else None,
-        "output_tokens": int(counters.get("output_tokens", 0)), "prompt_tokens": int(counters.get("prompt_tokens", 0)),
+        "run_id": run_id, "output": cfg.output.path, "quarantine": quarantine_url(cfg.output), "shards": len(shards),
+        "rows_in": rows_in, "rows_out": totals["rows"], "ok": totals["rows"] - errors, "errors": errors,
+        "errors_by_stage": totals["errors_by_stage"], "parse_modes": totals["parse_modes"], "rows_this_invocation": new_rows, "rows_resumed": resumed_rows,
+        "wall_s": round(wall_s, 2), "videos_per_s": round(new_rows / wall_s, 3) if wall_s > 0 and new_rows else None,
+        "output_tokens": totals["output_tokens"], "prompt_tokens": int(counters.get("prompt_tokens", 0)),
         "engine": cfg.engine.kind, "model": cfg.engine.model, "template": cfg.prompt.template,
         "config_fingerprint": cfg.scoring_fingerprint(),
     }

@@ -237,23 +237,37 @@ def shard_group_of(index: int, shards_per_group: int) -> str:
     return f"g{index // shards_per_group:05d}"
 
 
-def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str | None = None) -> Iterator[dict[str, list[Any]]]:
-    """Ray Data UDF (map_batches, batch_size=1 shard): yields blocks of `cfg.samples_per_block` rows."""
+def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str | None = None,
+                      manifest_dir: str | None = None, manifest_storage: StorageOptions | None = None) -> Iterator[dict[str, list[Any]]]:
+    """Ray Data UDF (map_batches, batch_size=1 shard): yields blocks of `cfg.samples_per_block` rows.
+
+    Rows whose id is in the shard's `skip` list (already committed by an earlier run) are not emitted.
+    When the shard has been listed to its end, its row ids are recorded in `manifest_dir` so a later
+    run can skip the whole shard once all of them are committed."""
+    from pipeline.resume import write_shard_manifest
     from pipeline.stats import Reporter
 
     report = Reporter(stats_name)
-    for shard, group in zip(batch["shard"], batch["shard_group"]):
+    skips = batch.get("skip", [None] * len(batch["shard"]))
+    for shard, group, skip in zip(batch["shard"], batch["shard_group"], skips):
+        skip_set = set(skip) if skip is not None else set()
         buf: list[dict[str, Any]] = []
-        n = 0
+        ids: list[str] = []
+        skipped = 0
         for row in iter_shard(str(shard), str(group), cfg):
+            ids.append(row["row_id"])
+            if row["row_id"] in skip_set:
+                skipped += 1
+                continue
             buf.append(row)
-            n += 1
             if len(buf) >= cfg.samples_per_block:
                 yield _columns(buf)
                 buf = []
         if buf:
             yield _columns(buf)
-        report({"rows_read": n, "shards_read": 1})
+        if manifest_dir:
+            write_shard_manifest(manifest_dir, manifest_storage or cfg.storage, str(shard), ids)
+        report({"rows_read": len(ids) - skipped, "rows_skipped": skipped, "shards_read": 1})
 
 
 READ_COLUMNS = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "video", "status", "error_stage", "error")

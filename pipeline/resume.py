@@ -1,0 +1,141 @@
+"""Exactly-once resume: what a previous run with the same output and run id already committed.
+
+State lives next to the output (any fsspec URL), so it works the same under `ray job submit`, RayJob and
+Slurm: commit markers (written by `pipeline.sink`), shard manifests (written by the read stage when a
+shard has been fully listed) and the run's config fingerprint.
+
+- committed rows are skipped at the read stage (never decoded or scored again);
+- a shard whose manifest rows are all committed is not read at all;
+- data files of the run that no marker names are leftovers of a killed run: deleted before starting;
+- a different score-affecting config under the same explicit run id is refused (the default run id
+  is derived from the config, so changing the config writes under a new run id instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import ScoreConfig
+from pipeline.sink import COMMITS_DIR, commit_dir, quarantine_url
+from pipeline.shards import filesystem
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = "_vscore/runs"
+SHARDS_DIR = "_vscore/shards"
+
+
+class RunConflict(RuntimeError):
+    pass
+
+
+def shard_manifest_dir(cfg: ScoreConfig) -> str:
+    return f"{cfg.output.path.rstrip('/')}/{SHARDS_DIR}/{cfg.resolved_run_id()}"
+
+
+def shard_manifest_name(shard: str) -> str:
+    return hashlib.blake2b(shard.encode(), digest_size=10).hexdigest() + ".json"
+
+
+@dataclass
+class ResumeState:
+    committed: set[str] = field(default_factory=set)
+    committed_files: set[str] = field(default_factory=set)
+    markers: list[dict[str, Any]] = field(default_factory=list)
+    shard_rows: dict[str, list[str]] = field(default_factory=dict)
+    committed_by_shard: dict[str, list[str]] = field(default_factory=dict)
+
+    def shard_done(self, shard: str) -> bool:
+        rows = self.shard_rows.get(shard)
+        return rows is not None and all(r in self.committed for r in rows)
+
+    def totals(self) -> dict[str, Any]:
+        errs: Counter[str] = Counter()
+        modes: Counter[str] = Counter()
+        rows = tokens = 0
+        for m in self.markers:
+            rows += m["rows"]
+            errs.update(m.get("errors_by_stage", {}))
+            modes.update(m.get("parse_modes", {}))
+            tokens += m.get("output_tokens", 0)
+        return {"rows": rows, "errors_by_stage": dict(errs), "parse_modes": dict(modes), "output_tokens": tokens}
+
+
+def _read_json_files(fs: Any, directory: str) -> list[dict[str, Any]]:
+    if not fs.exists(directory):
+        return []
+    paths = [p for p in fs.ls(directory, detail=False) if p.endswith(".json")]
+    if not paths:
+        return []
+    blobs = fs.cat(paths)
+    return [json.loads(blobs[p]) for p in paths]
+
+
+def guard_fingerprint(cfg: ScoreConfig) -> None:
+    """Record the run's config fingerprint; refuse a different one under the same run id."""
+    fs, root = filesystem(cfg.output.path, cfg.output.storage)
+    path = f"{root.rstrip('/')}/{RUNS_DIR}/{cfg.resolved_run_id()}.json"
+    fp = cfg.scoring_fingerprint()
+    if fs.exists(path):
+        old = json.loads(fs.cat(path))
+        if old.get("config_fingerprint") != fp:
+            raise RunConflict(
+                f"output {cfg.output.path} already holds run {cfg.resolved_run_id()!r} made with different "
+                f"score-affecting settings (fingerprint {old.get('config_fingerprint')} != {fp}); refusing to mix "
+                "results. Use another output.run_id (or leave it unset: the default follows the config).")
+        return
+    fs.makedirs(f"{root.rstrip('/')}/{RUNS_DIR}", exist_ok=True)
+    fs.pipe_file(path, json.dumps({"run_id": cfg.resolved_run_id(), "config_fingerprint": fp,
+                                   "model": cfg.engine.model, "template": cfg.prompt.template}).encode())
+
+
+def load_state(cfg: ScoreConfig) -> ResumeState:
+    fs, root = filesystem(cfg.output.path, cfg.output.storage)
+    run_id = cfg.resolved_run_id()
+    st = ResumeState()
+    for m in _read_json_files(fs, commit_dir(root, run_id)):
+        st.markers.append(m)
+        st.committed.update(m["row_ids"])
+        for shard, ids in m.get("rows_by_shard", {}).items():
+            st.committed_by_shard.setdefault(shard, []).extend(ids)
+        st.committed_files.update(m["files"])
+        st.committed_files.update(m.get("quarantine_files", []))
+    mfs, mdir = filesystem(shard_manifest_dir(cfg), cfg.output.storage)
+    for m in _read_json_files(mfs, mdir):
+        st.shard_rows[m["shard"]] = m["row_ids"]
+    return st
+
+
+def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
+    """Delete this run's data and quarantine files that no commit marker names (a killed run's leftovers)."""
+    removed = []
+    run_id = cfg.resolved_run_id()
+    for url in (cfg.output.path, quarantine_url(cfg.output)):
+        fs, root = filesystem(url, cfg.output.storage)
+        if "run_id" not in cfg.output.partition_cols:
+            log.warning("output is not partitioned by run_id: leftovers of interrupted runs are not cleaned up")
+            return removed
+        base = f"{root.rstrip('/')}/run_id={run_id}"
+        if not fs.exists(base):
+            continue
+        for path in fs.find(base):
+            if COMMITS_DIR in path or "/_vscore/" in path:
+                continue
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith("part-") and name.endswith((".parquet", ".parquet.tmp")) and path not in state.committed_files:
+                fs.rm(path)
+                removed.append(path)
+    if removed:
+        log.info("removed %d uncommitted file(s) left by an interrupted run", len(removed))
+    return removed
+
+
+def write_shard_manifest(manifest_dir: str, storage: Any, shard: str, row_ids: list[str]) -> None:
+    fs, root = filesystem(manifest_dir, storage)
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(f"{root}/{shard_manifest_name(shard)}", json.dumps({"shard": shard, "rows": len(row_ids), "row_ids": row_ids}).encode())
