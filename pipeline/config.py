@@ -75,8 +75,10 @@ class DecodeConfig(_Model):
     threads: int = Field(1, ge=0, description="PyAV decoder threads per video (0 = FFmpeg auto).")
     batch_size: int = Field(4, ge=1, description="Videos per decode batch (map_batches batch_size).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
-    actors: int = Field(1, ge=1, description="Decode actors (max of the autoscaling range).")
+    actors: int | Literal["auto"] = Field(1, description="Decode actors (max of the autoscaling range); 'auto' = actors_per_engine x scoring actors, capped by the cluster's CPUs.")
     min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default: actors).")
+    actors_per_engine: float = Field(4.0, gt=0, description="Decode actors per scoring actor when actors='auto' "
+                                     "(sizing rule from the benchmark: decode videos/s per core vs engine videos/s).")
     max_decoded_pixels: int = Field(8192 * 8192, ge=1, description="A stream whose coded width*height exceeds this is an error row, checked before decoding.")
     max_duration_s: float = Field(3600.0, gt=0, description="A clip longer than this (container metadata) is an error row.")
     apply_rotation: bool = Field(False, description="Rotate frames by the stream's display matrix (multiples of 90 degrees). "
@@ -100,7 +102,9 @@ class SamplingConfig(_Model):
 
 
 class EngineConfig(_Model):
-    kind: Literal["vllm", "transformers"] = Field("vllm", description="vllm (production) or transformers (reference path, CPU or GPU).")
+    kind: str = Field("vllm", pattern=r"^(vllm|transformers|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+                      description="vllm (production), transformers (reference path, CPU or GPU), or 'module:Class' "
+                                  "for a custom engine implementing pipeline.engines.base.Engine.")
     model: str = Field("TIGER-Lab/VideoScore2", description="Hub id or local path of the checkpoint.")
     revision: str | None = Field(None, description="Hub revision (commit) to pin.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights/activations dtype. The reference ran fp32; bf16 is the usual deviation.")
@@ -114,9 +118,11 @@ class EngineConfig(_Model):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for vllm.LLM / from_pretrained.")
     batch_size: int = Field(16, ge=1, description="Videos per scoring batch (map_batches batch_size).")
     batches_in_flight: int = Field(2, ge=1, description="Batches a scoring actor accepts concurrently, so the engine never drains.")
-    actors: int = Field(1, ge=1, description="Scoring actors (GPU replicas).")
+    actors: int | Literal["auto"] = Field(1, description="Scoring actors (engine replicas); 'auto' = the cluster's GPUs / GPUs per actor.")
     num_gpus: float = Field(1.0, ge=0, description="GPUs per scoring actor (set tensor_parallel_size for TP; 0 on CPU).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per scoring actor.")
+    max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead scoring actor (engine crash, OOM, preemption).")
+    max_task_retries: int = Field(2, ge=0, description="Times a batch is retried on a restarted scoring actor before the job fails.")
 
 
 class OutputConfig(_Model):

@@ -21,7 +21,8 @@ import ray
 from pipeline import resume, stats
 from pipeline.config import ScoreConfig
 from pipeline.decode import DecodeStage
-from pipeline.score_stage import ScoreStage
+from pipeline.score_stage import ScoreStage, inflight_url
+from pipeline.plan import ResourcePlan, make_plan
 from pipeline.resume import shard_manifest_dir
 from pipeline.shards import filesystem, list_shards, read_shards_batch, shard_group_of
 from pipeline.sink import CommittedParquetSink, quarantine_url
@@ -47,11 +48,13 @@ def init_ray(cfg: ScoreConfig) -> None:
 
 
 def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = None,
-                  skip: dict[str, list[str]] | None = None, all_shards: list[str] | None = None) -> "ray.data.Dataset":
+                  skip: dict[str, list[str]] | None = None, all_shards: list[str] | None = None,
+                  plan: ResourcePlan | None = None) -> "ray.data.Dataset":
     """The lazy Ray Data pipeline for `shards`; nothing runs until it is consumed.
 
     `skip` maps a shard to row ids already committed (resume); `all_shards` fixes shard-group numbering
     when some shards were skipped entirely."""
+    plan = plan or make_plan(cfg, ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     index = {s: i for i, s in enumerate(all_shards or shards)}
@@ -68,7 +71,7 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     # 2. decode: CPU actors; video bytes in, uint8 frames out (bytes dropped here).
     d = cfg.decode
     ds = ds.map_batches(DecodeStage, fn_constructor_args=(d,), batch_size=d.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(min_size=d.min_actors or d.actors, max_size=d.actors),
+                        compute=ray.data.ActorPoolStrategy(min_size=plan.decode_actors_min, max_size=plan.decode_actors_max),
                         num_cpus=d.num_cpus)
     # 3. score: accelerator actors owning one engine each.
     e = cfg.engine
@@ -76,10 +79,12 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     # shares one running engine batch between them), so the engine never drains between batches.
     ds = ds.map_batches(ScoreStage, fn_constructor_args=(cfg, stats_name), batch_size=e.batch_size,
                         batch_format="numpy", compute=ray.data.ActorPoolStrategy(
-                            size=e.actors, max_tasks_in_flight_per_actor=e.batches_in_flight,
+                            size=plan.engine_actors, max_tasks_in_flight_per_actor=e.batches_in_flight,
                             max_concurrent_calls_per_actor=e.batches_in_flight,
                             enable_true_multi_threading=e.batches_in_flight > 1),
-                        num_gpus=e.num_gpus if e.num_gpus > 0 else None, num_cpus=e.num_cpus)
+                        num_gpus=plan.gpus_per_engine or None, num_cpus=e.num_cpus,
+                        # a dead scoring actor is restarted and its batch retried, a bounded number of times
+                        max_restarts=e.max_restarts, max_task_retries=e.max_task_retries)
     return ds
 
 
@@ -123,7 +128,10 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         stop = threading.Event()
         ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop), daemon=True)
         ticker.start()
-        ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards)
+        plan = make_plan(cfg, ray.cluster_resources())
+        for line in plan.lines():
+            log.info("plan: %s", line)
+        ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards, plan=plan)
         sink = CommittedParquetSink(cfg.output, run_id, min_rows_per_write=cfg.output.min_rows_per_file)
         try:
             ds.write_datasink(sink)
@@ -131,6 +139,9 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
             stop.set()
         counters = ray.get(handle.snapshot.remote())
         ray.kill(handle)
+        ifs, iroot = filesystem(inflight_url(cfg), cfg.output.storage)
+        if ifs.exists(iroot):  # markers of batches that were being generated when an actor died
+            ifs.rm(iroot, recursive=True)
     wall = time.time() - t0
     final = resume.load_state(cfg)
     summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=len(state.committed))

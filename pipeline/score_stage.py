@@ -35,6 +35,7 @@ class ScoreStage:
         self.run_id = cfg.resolved_run_id()
         self.engine = engine if engine is not None else make_engine(cfg.engine, cfg.sampling)
         self.report = Reporter(stats_name)
+        self.inflight = InflightLog(inflight_url(cfg), cfg.output.storage)
 
     # -- building blocks -------------------------------------------------------------------------
     def _base(self, batch: dict[str, Any], i: int) -> dict[str, Any]:
@@ -84,16 +85,77 @@ class ScoreStage:
                 row.update(status="error", error_stage="prompt", error=one_line(e))
         t0 = time.perf_counter()
         if pending:
-            try:
-                outputs = self.engine.generate([r for _, r in pending])
-            except Exception as e:  # noqa: BLE001 - the engine is broken for this batch: rows say so
-                outputs = [EngineOutput(request_id=r.request_id, error=one_line(e)) for _, r in pending]
+            outputs = self._generate_guarded([r for _, r in pending])
             per = (time.perf_counter() - t0) / len(pending)
             for (row, _), out in zip(pending, outputs):
                 row["score_s"] = per
                 self._fill(row, out)
         self.report(_counts(rows))
         return rows_to_table(rows)
+
+
+    def _generate(self, reqs: list[EngineRequest]) -> list[EngineOutput]:
+        try:
+            return self.engine.generate(reqs)
+        except Exception as e:  # noqa: BLE001 - the engine is broken for this batch: rows say so
+            return [EngineOutput(request_id=r.request_id, error=one_line(e)) for r in reqs]
+
+    def _generate_guarded(self, reqs: list[EngineRequest]) -> list[EngineOutput]:
+        """Generate with an in-flight marker, so a batch that killed the actor (engine crash, OOM) is
+        recognised when Ray retries it on the restarted actor: it then runs one sample at a time, and a
+        sample that kills the engine again is quarantined as an error row instead of looping forever."""
+        batch = self.inflight.key(r.request_id for r in reqs)
+        if not self.inflight.seen(batch):
+            self.inflight.mark(batch)
+            outs = self._generate(reqs)
+            self.inflight.clear(batch)
+            return outs
+        outs = []
+        for r in reqs:  # isolation mode: this batch died before
+            one = self.inflight.key([r.request_id])
+            if self.inflight.seen(one):
+                outs.append(EngineOutput(request_id=r.request_id, error="quarantined: the engine died twice while scoring this sample"))
+                continue
+            self.inflight.mark(one)
+            outs.extend(self._generate([r]))
+            self.inflight.clear(one)
+        self.inflight.clear(batch)
+        return outs
+
+
+class InflightLog:
+    """Markers on the output storage naming the batches being generated (fsspec, shared by all nodes)."""
+
+    def __init__(self, url: str, storage: Any) -> None:
+        from pipeline.shards import filesystem
+
+        self.fs, self.root = filesystem(url, storage)
+
+    @staticmethod
+    def key(row_ids: Any) -> str:
+        import hashlib
+
+        return hashlib.blake2b("\n".join(sorted(row_ids)).encode(), digest_size=10).hexdigest()
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def seen(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def mark(self, key: str) -> None:
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.fs.pipe_file(self._path(key), b"1")
+
+    def clear(self, key: str) -> None:
+        try:
+            self.fs.rm(self._path(key))
+        except FileNotFoundError:
+            pass
+
+
+def inflight_url(cfg: ScoreConfig) -> str:
+    return f"{cfg.output.path.rstrip('/')}/_vscore/inflight/{cfg.resolved_run_id()}"
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, float]:

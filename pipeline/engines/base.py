@@ -68,4 +68,9 @@ def make_engine(engine: "EngineConfig", sampling: "SamplingConfig") -> Engine:
         from pipeline.engines.hf_engine import TransformersEngine
 
         return TransformersEngine(engine, sampling)
-    raise ValueError(f"unknown engine kind {engine.kind!r}; expected 'vllm' or 'transformers'")
+    if ":" in engine.kind:  # a custom engine class, e.g. a benchmark-only engine
+        import importlib
+
+        module, _, cls = engine.kind.partition(":")
+        return getattr(importlib.import_module(module), cls)(engine, sampling)
+    raise ValueError(f"unknown engine kind {engine.kind!r}; expected 'vllm', 'transformers' or 'module:Class'")

@@ -1,0 +1,44 @@
+"""A benchmark- and test-only engine that returns a fixed output at (almost) zero cost. Never a default.
+
+Select it with `engine.kind: "pipeline.engines.fixed:FixedOutputEngine"`. It measures what the pipeline
+itself costs (read, decode, Ray, serialisation, sink) without a model, and injects engine faults in
+tests: with `engine_kwargs: {crash_on: "TEXT"}` the process hard-exits when a request's prompt contains
+TEXT, as an engine that segfaults or is OOM-killed would.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from pipeline.engines.base import EngineOutput, EngineRequest
+
+FIXED_TEXT = ("<think>\nbenchmark-only fixed output\n</think>\n\n(1) visual quality: 3\n"
+              "(2) text-to-video alignment: 3\n(3) physical/common-sense consistency: 3\n")
+
+
+class FixedOutputEngine:
+    name = "fixed"
+    tokenizer: Any = None
+
+    def __init__(self, engine_cfg: Any, sampling_cfg: Any) -> None:
+        self.text = engine_cfg.engine_kwargs.get("text", FIXED_TEXT)
+        self.crash_on = engine_cfg.engine_kwargs.get("crash_on")
+
+    def render_prompt(self, user_text: str) -> str:
+        return user_text
+
+    def generate(self, requests: list[EngineRequest]) -> list[EngineOutput]:
+        outs = []
+        for r in requests:
+            if self.crash_on and self.crash_on in r.prompt:
+                os._exit(17)  # a hard engine death: no exception, no cleanup
+            outs.append(EngineOutput(request_id=r.request_id, text=self.text, token_ids=[],
+                                     digit_logprobs=np.zeros((0, 5)), prompt_tokens=int(r.frames.shape[0]),
+                                     output_tokens=len(self.text.split())))
+        return outs
+
+    def close(self) -> None:
+        pass
