@@ -88,20 +88,18 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     return ds
 
 
-def _progress(stats_handle: Any, every_s: float, stop: threading.Event) -> None:
-    last = 0.0
+def _progress(stats_handle: Any, every_s: float, stop: threading.Event, total_shards: int) -> None:
+    """Log a progress line every `every_s` seconds and export the rate/ETA gauges."""
     while not stop.wait(every_s):
         try:
-            s = ray.get(stats_handle.snapshot.remote(), timeout=10)
+            p = stats.progress(ray.get(stats_handle.snapshot.remote(), timeout=10), total_shards)
+            stats_handle.set_gauges.remote(p)
         except Exception:  # noqa: BLE001
             continue
-        done = s.get("rows_scored", 0)
-        el = max(s["elapsed_s"], 1e-9)
-        errs = sum(v for k, v in s.items() if k.startswith("errors_"))
-        log.info("progress: %d rows scored (%.2f videos/s, %.1f output tok/s), %d errors", done, done / el,
-                 s.get("output_tokens", 0) / el, errs)
-        last = done
-    del last
+        eta = f"{p['eta_s'] / 60:.1f} min" if p["eta_s"] is not None else "?"
+        total = f"/~{p['est_total']:.0f}" if p["est_total"] is not None else ""
+        log.info("progress: %d%s rows scored, %.2f videos/s, %.1f output tok/s, %d errors, ETA %s",
+                 p["rows_scored"], total, p["videos_per_s"], p["output_tokens_per_s"], p["errors"], eta)
 
 
 def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
@@ -124,9 +122,9 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     if todo:
         init_ray(cfg)
         stats_name = f"vscore-stats-{uuid.uuid4().hex[:8]}"
-        handle = stats.create(stats_name)
+        handle = stats.create(stats_name, run_id)
         stop = threading.Event()
-        ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop), daemon=True)
+        ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop, len(todo)), daemon=True)
         ticker.start()
         plan = make_plan(cfg, ray.cluster_resources())
         for line in plan.lines():

@@ -1,7 +1,13 @@
 """Run counters shared by the stages: one small Ray actor per run, fed fire-and-forget.
 
-Stages call `report(name, {...})`; the driver polls `snapshot()` for the progress line and the summary.
-A counter that cannot be reached never fails a stage (counters are observability, not correctness).
+Stages call a `Reporter` with counter deltas; the actor sums them and exports them through Ray's
+metrics API (`ray.util.metrics`), which Ray serves to Prometheus on every node (see
+infra/prometheus/). The driver polls `snapshot()` for the progress line. A counter that cannot be
+reached never fails a stage: counters are observability, not correctness.
+
+Exported (prefix `vscore_`): rows_read, rows_scored, rows_ok, errors{stage}, output_tokens,
+prompt_tokens (counters) and videos_per_s, output_tokens_per_s, eta_s (gauges set by the driver).
+Per-operator queue depths and task counts come from Ray Data's own `ray_data_*` metrics.
 """
 
 from __future__ import annotations
@@ -15,19 +21,54 @@ import ray
 
 @ray.remote(num_cpus=0)
 class RunStats:
-    def __init__(self) -> None:
+    def __init__(self, run_id: str = "") -> None:
+        from ray.util.metrics import Counter, Gauge
+
         self.counts: collections.Counter[str] = collections.Counter()
         self.started = time.time()
+        tags = ("run_id",)
+        self.tags = {"run_id": run_id}
+        self.counters = {name: Counter(f"vscore_{name}", description=desc, tag_keys=tags) for name, desc in [
+            ("rows_read", "samples read from shards"), ("rows_scored", "rows out of the scoring stage"),
+            ("rows_ok", "rows scored with status ok"), ("output_tokens", "generated tokens"),
+            ("prompt_tokens", "prompt tokens incl. video tokens")]}
+        self.errors = Counter("vscore_errors", description="error rows by stage", tag_keys=("run_id", "stage"))
+        self.gauges = {name: Gauge(f"vscore_{name}", description=desc, tag_keys=tags) for name, desc in [
+            ("videos_per_s", "rows scored per second since start"), ("output_tokens_per_s", "generated tokens per second"),
+            ("eta_s", "estimated seconds to finish")]}
 
     def add(self, counts: dict[str, float]) -> None:
         self.counts.update(counts)
+        for k, v in counts.items():
+            if k in self.counters and v:
+                self.counters[k].inc(v, tags=self.tags)
+            elif k.startswith("errors_") and v:
+                self.errors.inc(v, tags={**self.tags, "stage": k[len("errors_"):]})
+
+    def set_gauges(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            if k in self.gauges and v is not None:
+                self.gauges[k].set(v, tags=self.tags)
 
     def snapshot(self) -> dict[str, Any]:
         return {"elapsed_s": time.time() - self.started, **self.counts}
 
 
-def create(name: str) -> Any:
-    return RunStats.options(name=name, lifetime=None, get_if_exists=True).remote()  # type: ignore[attr-defined]
+def create(name: str, run_id: str = "") -> Any:
+    return RunStats.options(name=name, get_if_exists=True).remote(run_id)  # type: ignore[attr-defined]
+
+
+def progress(s: dict[str, Any], total_shards: int) -> dict[str, Any]:
+    """Rates and ETA from a snapshot: total rows estimated from rows per shard read so far."""
+    el = max(s.get("elapsed_s", 0.0), 1e-9)
+    done = s.get("rows_scored", 0)
+    shards = s.get("shards_read", 0)
+    est_total = (s.get("rows_read", 0) + s.get("rows_skipped", 0)) / shards * total_shards if shards else None
+    rate = done / el
+    remaining = max(0.0, est_total - s.get("rows_skipped", 0) - done) if est_total is not None else None
+    return {"rows_scored": done, "videos_per_s": rate, "output_tokens_per_s": s.get("output_tokens", 0) / el,
+            "errors": sum(v for k, v in s.items() if k.startswith("errors_")),
+            "eta_s": remaining / rate if remaining is not None and rate > 0 else None, "est_total": est_total}
 
 
 class Reporter:

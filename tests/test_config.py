@@ -46,3 +46,27 @@ def test_run_id_follows_score_affecting_settings_only():
     assert base.resolved_run_id() == same.resolved_run_id()
     assert len({base.resolved_run_id(), other.resolved_run_id(), hotter.resolved_run_id()}) == 3
     assert load_config(REPO / "configs" / "local.yaml", ["output.run_id=mine"]).resolved_run_id() == "mine"
+
+
+def test_resource_plan_from_cluster():
+    from pipeline.plan import make_plan
+
+    cfg = load_config(REPO / "configs" / "cluster-s3.yaml", ["engine.actors=auto", "decode.actors=auto", "decode.actors_per_engine=8"])
+    plan = make_plan(cfg, {"CPU": 96.0, "GPU": 4.0})
+    assert plan.engine_actors == 4 and plan.gpus_per_engine == 1
+    assert plan.decode_actors_max == 32  # 8 per engine x 4, fits in 96 - 4*2 CPUs
+    tp = load_config(REPO / "configs" / "cluster-s3.yaml", ["engine.actors=auto", "engine.tensor_parallel_size=2"])
+    assert make_plan(tp, {"CPU": 64.0, "GPU": 8.0}).engine_actors == 4
+    small = make_plan(load_config(REPO / "configs" / "cluster-s3.yaml", ["decode.actors=auto", "engine.actors=auto"]), {"CPU": 10.0, "GPU": 2.0})
+    assert small.decode_actors_max == int((10 - 2 * 2 - 0.25) // 1)  # capped by spare CPUs
+    local = make_plan(load_config(REPO / "configs" / "local.yaml"), {"CPU": 2.0})
+    assert local.engine_actors == 1 and local.gpus_per_engine == 0 and not local.notes
+
+
+def test_progress_eta():
+    from pipeline.stats import progress
+
+    p = progress({"elapsed_s": 10.0, "rows_scored": 20, "rows_read": 30, "shards_read": 3, "output_tokens": 500,
+                  "errors_decode": 2}, total_shards=10)
+    assert p["videos_per_s"] == 2.0 and p["output_tokens_per_s"] == 50.0 and p["errors"] == 2
+    assert p["est_total"] == 100 and p["eta_s"] == 40.0
