@@ -98,6 +98,9 @@ class SamplingConfig(_Model):
     repetition_penalty: float | None = Field(None, gt=0, description="None = the checkpoint's generation_config.json, else 1.0.")
     max_new_tokens: int = Field(1024, ge=1, description="Official public script: 1024.")
     seed: int = Field(0, description="Base seed; each video's seed is derived from (seed, row_id).")
+    num_samples: int = Field(1, ge=1, description="Score each video this many times (different seeds) and store the mean and "
+                             "spread per dimension (*_mean, *_std): the fix for run-to-run variance at temperature 0.7 "
+                             "(VideoScore2 issue #5). The hard scores, rationale and raw output are those of sample 0.")
     logprobs: int = Field(20, ge=5, description="Top-k logprobs per generated token requested from vLLM for the soft scores.")
 
 

@@ -45,8 +45,12 @@ class ScoreStage:
         return row
 
     def _request(self, row: dict[str, Any], batch: dict[str, Any], i: int) -> EngineRequest:
+        if not isinstance(row["prompt"], str):
+            raise ValueError(f"prompt is {type(row['prompt']).__name__}, not text")
         user_text = templates.render(self.cfg.prompt.template, row["prompt"])
         frames = np.ascontiguousarray(batch["frames"][i])
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 2:
+            raise ValueError(f"frames must be (T>=2, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
         indices = json.loads(_py(batch["frame_indices"][i]) or "[]")
         meta = {"fps": float(batch["src_fps"][i]), "total_num_frames": int(batch["total_frames"][i]),
                 "duration": float(batch["duration_s"][i]), "frames_indices": indices}
@@ -85,13 +89,40 @@ class ScoreStage:
                 row.update(status="error", error_stage="prompt", error=one_line(e))
         t0 = time.perf_counter()
         if pending:
-            outputs = self._generate_guarded([r for _, r in pending])
+            k = self.cfg.sampling.num_samples
+            reqs = [_resample(r, j, self.cfg.sampling.seed) for _, r in pending for j in range(k)]
+            outputs = self._generate_guarded(reqs)
             per = (time.perf_counter() - t0) / len(pending)
-            for (row, _), out in zip(pending, outputs):
+            for i, (row, _) in enumerate(pending):
                 row["score_s"] = per
-                self._fill(row, out)
+                self._fill_samples(row, outputs[i * k:(i + 1) * k])
         self.report(_counts(rows))
         return rows_to_table(rows)
+
+    def _fill_samples(self, row: dict[str, Any], outs: list[EngineOutput]) -> None:
+        """Sample 0 decides the row; all samples give the per-dimension mean and spread (soft score where
+        the official rule gives one, else the hard score)."""
+        self._fill(row, outs[0])
+        values: dict[str, list[float]] = {d: [] for d in DIMS}
+        parsed = 0
+        for j, out in enumerate(outs):
+            r = row if j == 0 else {}
+            if j:
+                self._fill(r, out)
+                row["output_tokens"] = (row.get("output_tokens") or 0) + (out.output_tokens or 0)
+            if out.error or r.get("parse_mode") in (None, "failed"):
+                continue
+            parsed += 1
+            for d in DIMS:
+                v = r.get(f"{d}_soft") if r.get(f"{d}_soft") is not None else r.get(d)
+                if v is not None:
+                    values[d].append(float(v))
+        row["num_samples"] = len(outs)
+        row["samples_parsed"] = parsed
+        for d in DIMS:
+            if values[d]:
+                row[f"{d}_mean"] = float(np.mean(values[d]))
+                row[f"{d}_std"] = float(np.std(values[d]))
 
 
     def _generate(self, reqs: list[EngineRequest]) -> list[EngineOutput]:
@@ -121,6 +152,18 @@ class ScoreStage:
             self.inflight.clear(one)
         self.inflight.clear(batch)
         return outs
+
+
+DIMS = ("visual_quality", "text_alignment", "physical_consistency")
+
+
+def _resample(req: EngineRequest, j: int, base_seed: int) -> EngineRequest:
+    """Request j of a video: j=0 is the video's own request; others get their own id and seed."""
+    if j == 0:
+        return req
+    rid = f"{req.request_id}#{j}"
+    return EngineRequest(request_id=rid, prompt=req.prompt, frames=req.frames, video_meta=req.video_meta,
+                         seed=make_seed(base_seed, rid))
 
 
 class InflightLog:

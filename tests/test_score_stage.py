@@ -1,0 +1,97 @@
+"""The scoring stage on its own (no Ray): rows in -> one output row each, num_samples aggregation,
+error rows passed through, prompt errors contained."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.engines.base import EngineOutput
+from pipeline.schema import OUTPUT_SCHEMA, make_seed
+from pipeline.score_stage import ScoreStage
+
+
+class SeedEngine:
+    """Answers with scores derived from the request seed, so samples differ; records what it saw."""
+
+    name = "seed"
+    tokenizer = None
+
+    def __init__(self):
+        self.seen = []
+
+    def render_prompt(self, user_text):
+        return "<chat>" + user_text
+
+    def generate(self, reqs):
+        self.seen.extend(reqs)
+        outs = []
+        for r in reqs:
+            v = 1 + r.seed % 5
+            outs.append(EngineOutput(request_id=r.request_id, text=f"visual quality: {v}; text-to-video alignment: 4, "
+                                     f"physical/common-sense consistency: 2", token_ids=[], prompt_tokens=10, output_tokens=7))
+        return outs
+
+    def close(self):
+        pass
+
+
+def _batch(n, bad=()):
+    frames = [np.zeros((2, 28, 56, 3), np.uint8) for _ in range(n)]
+    return {
+        "row_id": np.array([f"r{i}" for i in range(n)], dtype=object), "key": np.array([f"k{i}" for i in range(n)], dtype=object),
+        "shard": np.array(["s"] * n, dtype=object), "shard_group": np.array(["g00000"] * n, dtype=object),
+        "prompt": np.array([f"p{i}" for i in range(n)], dtype=object), "meta_json": np.array([None] * n, dtype=object),
+        "status": np.array(["error" if i in bad else "ok" for i in range(n)], dtype=object),
+        "error_stage": np.array(["decode" if i in bad else None for i in range(n)], dtype=object),
+        "error": np.array(["boom" if i in bad else None for i in range(n)], dtype=object),
+        "num_frames": np.array([2] * n), "width": np.array([56] * n), "height": np.array([28] * n),
+        "duration_s": np.array([1.0] * n), "decode_s": np.array([0.1] * n), "frames": frames,
+        "frame_indices": np.array([json.dumps([0, 1])] * n, dtype=object), "src_fps": np.array([2.0] * n),
+        "total_frames": np.array([2] * n),
+    }
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_num_samples_mean_and_spread(tmp_path, k):
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}", f"sampling.num_samples={k}"])
+    eng = SeedEngine()
+    table = ScoreStage(cfg, engine=eng)(_batch(3, bad={1}))
+    assert table.schema == OUTPUT_SCHEMA and table.num_rows == 3
+    rows = table.to_pylist()
+    assert rows[1]["status"] == "error" and rows[1]["error"] == "boom"  # passed through untouched
+    assert len(eng.seen) == 2 * k  # the error row is never sent to the engine
+    for r in (rows[0], rows[2]):
+        seeds = [make_seed(0, r["row_id"])] + [make_seed(0, f"{r['row_id']}#{j}") for j in range(1, k)]
+        vs = [1 + s % 5 for s in seeds]
+        assert r["seed"] == seeds[0] and r["visual_quality"] == vs[0]  # sample 0 decides the hard score
+        assert r["num_samples"] == k and r["samples_parsed"] == k
+        assert r["visual_quality_mean"] == pytest.approx(np.mean(vs)) and r["visual_quality_std"] == pytest.approx(np.std(vs))
+        assert r["text_alignment_mean"] == 4 and r["text_alignment_std"] == 0
+        assert r["output_tokens"] == 7 * k
+    assert rows[0]["seed"] != rows[2]["seed"]
+
+
+def test_prompt_error_contained(tmp_path):
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}"])
+    batch = _batch(3)
+    batch["prompt"][0] = None
+    batch["frames"][1] = np.zeros((5, 5), np.uint8)
+    rows = ScoreStage(cfg, engine=SeedEngine())(batch).to_pylist()
+    assert [r["error_stage"] for r in rows] == ["prompt", "prompt", None]
+    assert "not text" in rows[0]["error"] and "frames must be" in rows[1]["error"]
+    assert rows[2]["status"] == "ok" and rows[2]["parse_mode"] == "strict"
+
+
+def test_engine_exception_becomes_error_rows(tmp_path):
+    class Broken(SeedEngine):
+        def generate(self, reqs):
+            raise RuntimeError("CUDA error: device-side assert\nsecond line")
+
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}"])
+    rows = ScoreStage(cfg, engine=Broken())(_batch(2)).to_pylist()
+    assert all(r["status"] == "error" and r["error_stage"] == "engine" for r in rows)
+    assert rows[0]["error"] == "RuntimeError: CUDA error: device-side assert second line"  # one line
