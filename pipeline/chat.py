@@ -29,7 +29,8 @@ def render_chat(processor_or_tokenizer: Any, user_text: str) -> str:
         if tok is not None and getattr(tok, "chat_template", None) is not None:
             obj = tok
         else:
-            raise ValueError(f"{type(processor_or_tokenizer).__name__} has no chat template; the checkpoint must ship one")
+            name = type(processor_or_tokenizer).__name__
+            raise ValueError(f"{name} has no chat template; the checkpoint must ship one")
     text = obj.apply_chat_template(video_messages(user_text), tokenize=False, add_generation_prompt=True)
     if not isinstance(text, str):  # some versions return a list for a single conversation
         text = text[0]

@@ -13,8 +13,12 @@ Constraints that make it load in vLLM's CPU backend (see docs/cpu-stack.md secti
   * `mrope_section` sums to head_dim / 2;
   * vision `out_hidden_size` equals the text hidden size.
 
-The weights are random, so the generated text is gibberish made of the tokenizer's pieces; the
-tokenizer is trained on a corpus full of VideoScore2's output vocabulary so the pieces look familiar.
+The transformer blocks and the vision tower keep their random init; by default (`bigram=True`) the
+token embedding and LM head are set so the network behaves like a bigram model of VideoScore2-shaped
+replies (see `_bigram_weights`): sampled replies are long, format-flavoured gibberish ("<think> ...
+</think> (1) visual quality: 3 ...") in which the score digits are genuinely uncertain, and greedy
+top-1 margins are wide enough for transformers and vLLM (fp32) to agree token for token. The video
+barely influences the reply.
 Everything is deterministic for a given seed.
 """
 

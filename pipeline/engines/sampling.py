@@ -41,7 +41,8 @@ def load_generation_config(model_path_or_id: str | os.PathLike, revision: str | 
 
         f = hf_hub_download(str(model_path_or_id), "generation_config.json", revision=revision)
     except Exception as e:  # missing file or unreachable hub: transformers' defaults apply, as in generate()
-        log.warning("no generation_config.json for %s (%s); using transformers defaults", model_path_or_id, type(e).__name__)
+        log.warning("no generation_config.json for %s (%s); using transformers defaults",
+                    model_path_or_id, type(e).__name__)
         return {}
     return json.loads(Path(f).read_text())
 
