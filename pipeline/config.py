@@ -36,11 +36,16 @@ class StorageOptions(_Model):
     profile: str | None = Field(None, description="AWS profile name from ~/.aws/credentials.")
     anon: bool = Field(False, description="Anonymous (unsigned) access for public buckets.")
     region: str | None = Field(None, description="Bucket region, when not discoverable.")
+    retries: int = Field(10, ge=1, description="Attempts per S3 request: botocore retries 5xx/throttling with backoff "
+                         "('standard' mode) and s3fs retries connection resets/timeouts/SlowDown.")
+    timeout_s: float = Field(60.0, gt=0, description="Connect and read timeout per S3 request.")
 
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
         if protocol not in ("s3", "s3a"):
             return {}
-        kw: dict[str, Any] = {"anon": self.anon}
+        kw: dict[str, Any] = {"anon": self.anon,
+                              "config_kwargs": {"retries": {"max_attempts": self.retries, "mode": "standard"},
+                                                "connect_timeout": self.timeout_s, "read_timeout": self.timeout_s}}
         if self.endpoint_url:
             kw["endpoint_url"] = self.endpoint_url
         if self.profile:
@@ -79,10 +84,20 @@ class DecodeConfig(_Model):
     min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default: actors).")
     actors_per_engine: float = Field(4.0, gt=0, description="Decode actors per scoring actor when actors='auto' "
                                      "(sizing rule from the benchmark: decode videos/s per core vs engine videos/s).")
-    max_decoded_pixels: int = Field(8192 * 8192, ge=1, description="A stream whose coded width*height exceeds this is an error row, checked before decoding.")
-    max_duration_s: float = Field(3600.0, gt=0, description="A clip longer than this (container metadata) is an error row.")
-    apply_rotation: bool = Field(False, description="Rotate frames by the stream's display matrix (multiples of 90 degrees). "
-                                 "Off by default: qwen-vl-utils' decord/torchvision readers ignore it, so the reference sees the coded orientation.")
+    max_decoded_pixels: int = Field(8192 * 8192, ge=1, description="Frame size limit (width*height, 67.1M = 8192x8192: ~100 MB per yuv420 frame). "
+                                    "Enforced before any frame buffer is allocated: passed to FFmpeg as the decoders' max_pixels (also while probing "
+                                    "the container), checked on the stream's size before decoding and on the first decoded frame; larger is an error row.")
+    max_duration_s: float = Field(3600.0, gt=0, description="A clip longer than this (container metadata, or frames/fps) is an error row, checked before decoding.")
+    max_bytes: int | None = Field(None, ge=1, description="Encoded size limit per video in the decoder (direct callers of decode_video); None = no extra "
+                                  "check here: in a run the read stage already turns members above input.max_sample_bytes into error rows unread.")
+    decode_timeout_s: float = Field(600.0, gt=0, description="Wall-clock budget per video (probe + decode + resize); checked between packets/frames, so "
+                                    "a single FFmpeg call that never returns is not interrupted (the Ray worker/task is the backstop). "
+                                    "600 s covers a 1 h 1080p clip decoded on one thread.")
+    apply_rotation: bool = Field(False, description="Player geometry: turn/mirror frames by the stream's display matrix (multiples of 90 degrees, "
+                                 "flips included) and scale non-square pixels (SAR != 1) to the display aspect before planning the resize, "
+                                 "as ffmpeg/ffplay/mpv show the clip. Off by default = the reference geometry: qwen-vl-utils' decord and "
+                                 "torchvision readers ignore both, so VideoScore2's official pipeline sees coded pixels in coded orientation; "
+                                 "only clips that carry such metadata differ.")
 
 
 class PromptConfig(_Model):

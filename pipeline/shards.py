@@ -37,6 +37,8 @@ def filesystem(url: str, storage: StorageOptions) -> tuple[fsspec.AbstractFileSy
     """The fsspec filesystem for `url` and the path inside it."""
     protocol = fsspec.utils.get_protocol(url)
     fs, path = fsspec.core.url_to_fs(url, **storage.fsspec_kwargs(protocol))
+    if hasattr(fs, "retries"):  # s3fs: attempts for connection resets, timeouts and SlowDown
+        fs.retries = storage.retries
     return fs, path
 
 
