@@ -9,6 +9,8 @@ at the prompt, engine or parse step comes out with status "error" and the stage 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from typing import Any
 
@@ -22,6 +24,11 @@ from pipeline.parse import parse_output
 from pipeline.schema import make_seed, one_line, rows_to_table
 from pipeline.soft_score import soft_scores
 from pipeline.stats import Reporter
+
+log = logging.getLogger(__name__)
+
+# exceptions that mean the engine itself is dead (not one bad request)
+FATAL_ENGINE_ERRORS = {"EngineDeadError", "EngineGenerateError_Dead"}
 
 PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "status", "error_stage", "error",
                 "num_frames", "width", "height", "duration_s", "decode_s")
@@ -128,7 +135,13 @@ class ScoreStage:
     def _generate(self, reqs: list[EngineRequest]) -> list[EngineOutput]:
         try:
             return self.engine.generate(reqs)
-        except Exception as e:  # noqa: BLE001 - the engine is broken for this batch: rows say so
+        except Exception as e:  # noqa: BLE001
+            if type(e).__name__ in FATAL_ENGINE_ERRORS:
+                # The engine process is gone: every later batch on this actor would fail too. Exit, so
+                # Ray restarts the actor (engine.max_restarts) and retries this batch on a fresh engine;
+                # the in-flight marker isolates the sample if it was the cause.
+                log.error("engine died (%s); exiting so Ray restarts this actor", one_line(e))
+                os._exit(70)
             return [EngineOutput(request_id=r.request_id, error=one_line(e)) for r in reqs]
 
     def _generate_guarded(self, reqs: list[EngineRequest]) -> list[EngineOutput]:
