@@ -14,6 +14,12 @@ COMMANDS = [
     "pipeline.commands.score",
     "pipeline.commands.tiny_model",
     "pipeline.commands.demo",
+    "pipeline.commands.reparse",
+    "pipeline.commands.eval",
+    "pipeline.commands.best_of_n",
+    "pipeline.commands.submit",
+    "pipeline.commands.report",
+    "pipeline.commands.filter",
 ]
 
 

@@ -10,6 +10,32 @@ convert and resize only the kept frames, straight from the decoder's YUV to rgb2
 
 `DecodeStage` is the Ray Data actor around it (`map_batches(DecodeStage, fn_constructor_args=(cfg,),
 compute=ActorPoolStrategy(...), batch_format="numpy")`).
+
+Bad media (tests/test_bad_media.py runs the whole fixture set): every input ends as frames or as one
+`DecodeError` with a one-line message, which the stage turns into an error row (error_stage "decode").
+Limits (`DecodeConfig`), each enforced before the allocation it guards:
+
+- `max_bytes` (optional; a run already enforces `input.max_sample_bytes` at read): checked first.
+- `max_decoded_pixels`: handed to FFmpeg as the decoders' `max_pixels` option, both for the decoders that
+  `avformat_find_stream_info` runs while the container is opened and for ours, so no frame buffer above the
+  limit is ever allocated, whatever size the container or the bitstream claims; the stream's size is checked
+  again before decoding (clear error message) and the first decoded frame once more.
+- `max_duration_s`: container duration, then frame count / fps, before decoding; the packet count of
+  containers without a frame count stops at max_duration_s worth of packets.
+- `decode_timeout_s`: one wall-clock budget per video, checked between packets and frames (probe, both
+  decode passes). A decoder stuck inside a single FFmpeg call cannot be interrupted from Python; that case
+  is left to Ray (a killed/restarted worker, task retries).
+
+Output memory is bounded independently of the input: the planned frames never exceed the qwen-vl-utils
+pixel budget (2 * total_pixels over the clip, at most max_pixels per frame), and the output array is
+allocated untouched (np.empty), so pages are only committed for frames really decoded.
+
+Geometry (`DecodeConfig.apply_rotation`, off by default): the reference readers of qwen-vl-utils (decord,
+torchvision) hand the model coded pixels in coded orientation, so the default does the same for parity with
+the official scores. On, frames follow the player: the display matrix is applied like ffmpeg's autorotate
+(quarter turns and mirrors, read from the matrix itself, not only its rotation angle) and non-square pixels
+are scaled to the display aspect ratio before the resize is planned (as ffplay/mpv show them). Arbitrary
+angles are not applied (players would rotate with black corners).
 """
 
 from __future__ import annotations
@@ -17,6 +43,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +92,8 @@ class DecodedVideo:
     height: int  # resized height
     rotation: int = 0  # display-matrix rotation (degrees CCW) found in the stream; applied only if cfg.apply_rotation
     replanned: bool = False  # the stream held fewer frames than its metadata; planned again on the decoded count
+    mirrored: bool = False  # the display matrix also mirrors the picture (applied only if cfg.apply_rotation)
+    sample_aspect_ratio: float = 1.0  # pixel aspect ratio found (stream, else codec); applied only if cfg.apply_rotation
 
 
 @dataclass
@@ -78,14 +107,44 @@ class _Probe:
     frames_from: str  # "metadata" or "packets"
 
 
-def _open(data: bytes) -> av.container.InputContainer:
+_clock = time.monotonic  # module-level so tests can drive the decode timeout with a fake clock
+
+
+class _Deadline:
+    """The wall-clock budget of one decode_video call (cfg.decode_timeout_s)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = _clock()
+
+    def remaining(self) -> float:
+        return self.seconds - (_clock() - self.start)
+
+    def check(self, where: str) -> None:
+        if _clock() - self.start > self.seconds:
+            raise DecodeError(f"decode timeout: over decode_timeout_s={self.seconds:g}s while {where}")
+
+
+def _decoder_options(cfg: DecodeConfig) -> dict[str, str]:
+    # AVCodecContext `max_pixels`: FFmpeg refuses (av_image_check_size2, in ff_set_dimensions/ff_get_buffer)
+    # any picture above it *before* allocating it, whatever size the headers claim.
+    return {"max_pixels": str(cfg.max_decoded_pixels)}
+
+
+def _open(data: bytes, cfg: DecodeConfig, deadline: _Deadline) -> av.container.InputContainer:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"video must be bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise DecodeError("empty video (0 bytes)")
+    deadline.check("opening the container")
     try:
-        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        # `options` reach the decoders avformat_find_stream_info opens to probe the streams (it decodes a
+        # frame or more): max_pixels keeps a huge claimed size from being allocated there already. The open
+        # timeout (an FFmpeg interrupt callback) bounds the probing loop by the remaining budget.
+        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=_decoder_options(cfg),
+                       timeout=(max(deadline.remaining(), 0.001), None))
     except av.FFmpegError as e:
+        deadline.check("opening the container")
         raise DecodeError(f"cannot open container: {_av_msg(e)}") from None
 
 
@@ -113,17 +172,25 @@ def _meta_duration(container: av.container.InputContainer, stream: av.video.stre
     return None
 
 
-def _probe(container: av.container.InputContainer, cfg: DecodeConfig) -> _Probe:
+def _check_pixels(w: int, h: int, cfg: DecodeConfig) -> None:
+    if w * h > cfg.max_decoded_pixels:
+        raise DecodeError(f"frame size {w}x{h} exceeds max_decoded_pixels={cfg.max_decoded_pixels}")
+
+
+def _probe(container: av.container.InputContainer, cfg: DecodeConfig, deadline: _Deadline | None = None) -> _Probe:
     """Metadata checks that must happen before any large allocation, then the frame count.
 
     Frame count like decord's `len(vr)`: the container's frame count (mp4/mov `nb_frames`); when the
     container does not record one (mkv/webm, some avi, gif), count the stream's packets by demuxing without
     decoding (one packet = one frame for every common video codec)."""
+    deadline = deadline or _Deadline(cfg.decode_timeout_s)
     stream = _pick_stream(container)
     cc = stream.codec_context
+    if cc is None:
+        raise DecodeError("no decoder for the video stream's codec")
     w, h = int(cc.width or 0), int(cc.height or 0)
-    if w * h > cfg.max_decoded_pixels:
-        raise DecodeError(f"frame size {w}x{h} exceeds max_decoded_pixels={cfg.max_decoded_pixels}")
+    _check_pixels(w, h, cfg)
+    _check_pixels(int(cc.coded_width or 0), int(cc.coded_height or 0), cfg)
     fps = _stream_fps(stream)
     dur = _meta_duration(container, stream)
     if dur is not None and dur > cfg.max_duration_s:
@@ -140,7 +207,10 @@ def _probe(container: av.container.InputContainer, cfg: DecodeConfig) -> _Probe:
                     total += 1
                     if total > limit:
                         raise DecodeError(f"more than {limit} frames: duration exceeds max_duration_s={cfg.max_duration_s:g}")
+                    if total % 64 == 0:
+                        deadline.check("counting packets")
         except av.FFmpegError:
+            deadline.check("counting packets")
             pass  # a broken tail ends the count; decoding below re-plans if frames are missing
     if total <= 0:
         raise DecodeError("video stream has no frames")
@@ -152,9 +222,10 @@ def _probe(container: av.container.InputContainer, cfg: DecodeConfig) -> _Probe:
 def probe_video(data: bytes, cfg: DecodeConfig | None = None) -> dict[str, Any]:
     """Metadata only (no frame decoding): total_frames, fps, coded size, duration, where the count came from."""
     cfg = cfg or DecodeConfig()
-    container = _open(data)
+    deadline = _Deadline(cfg.decode_timeout_s)
+    container = _open(data, cfg, deadline)
     try:
-        p = _probe(container, cfg)
+        p = _probe(container, cfg, deadline)
     except av.FFmpegError as e:
         raise DecodeError(_av_msg(e)) from None
     finally:
@@ -163,20 +234,94 @@ def probe_video(data: bytes, cfg: DecodeConfig | None = None) -> dict[str, Any]:
             "duration_s": p.meta_duration_s, "frames_from": p.frames_from}
 
 
-def _rot_k(rotation: int) -> int:
-    """Quarter turns (counter-clockwise, np.rot90 convention) for a display-matrix rotation; 0 if not a multiple of 90."""
-    r = int(round(rotation)) % 360
-    return r // 90 if r % 90 == 0 else 0
+@dataclass(frozen=True)
+class _Geometry:
+    """How coded pixels become displayed pixels: transpose (x <-> y), then mirror columns / rows of the
+    result; `sar` scales the displayed width (applied through the resize target, not on pixels)."""
+
+    transpose: bool = False
+    flip_x: bool = False
+    flip_y: bool = False
+    sar: float = 1.0
+
+    def display_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) shown by a player for a coded w x h picture."""
+        dw = max(1, int(round(w * self.sar))) if self.sar != 1.0 else w
+        return (h, dw) if self.transpose else (dw, h)
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            rgb = rgb.transpose(1, 0, 2)
+        if self.flip_y:
+            rgb = rgb[::-1]
+        if self.flip_x:
+            rgb = rgb[:, ::-1]
+        return rgb
 
 
-def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: DecodeConfig) -> tuple[np.ndarray | None, int, int, tuple[int, int] | None]:
+def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's AV_FRAME_DATA_DISPLAYMATRIX (9 int32, a b u / c d v / x y w; a..d in 16.16), if any."""
+    try:
+        for sd in frame.side_data:
+            if sd.type.name == "DISPLAYMATRIX":
+                raw = bytes(sd)
+                if len(raw) >= 36:
+                    return struct.unpack("<9i", raw[:36])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _matrix_geometry(m: tuple[int, ...] | None) -> tuple[bool, bool, bool] | None:
+    """(transpose, flip_x, flip_y) of a display matrix that is a multiple of 90 degrees, mirrored or not;
+    None for the identity, an arbitrary angle or a degenerate matrix (left as coded).
+
+    FFmpeg's convention (libavutil/display.h): a source pixel (x, y) is shown at x' = a*x + c*y + tx,
+    y' = b*x + d*y + ty (image coordinates, y down). With a, d ~ 0 the axes swap: x' = c*y, y' = b*x, i.e. the
+    transposed picture with columns mirrored if c < 0 and rows if b < 0; otherwise x' = a*x, y' = d*y. This is
+    the picture ffmpeg's autorotate (transpose/hflip/vflip filters) produces, e.g. 90 degrees CCW
+    (a=0, b=-1, c=1, d=0) = np.rot90."""
+    if m is None:
+        return None
+    a, b, c, d = m[0], m[1], m[3], m[4]
+    scale = max(abs(a), abs(b), abs(c), abs(d))
+    if scale == 0:
+        return None
+    eps = scale / 100  # 16.16 rounding of cos/sin: |value| < 1% of the scale is zero
+    z = [abs(v) < eps for v in (a, b, c, d)]
+    if z[1] and z[2] and not z[0] and not z[3]:
+        g = (False, a < 0, d < 0)
+    elif z[0] and z[3] and not z[1] and not z[2]:
+        g = (True, c < 0, b < 0)
+    else:
+        return None
+    return None if g == (False, False, False) else g
+
+
+def _sample_aspect_ratio(stream: av.video.stream.VideoStream) -> float:
+    """av_guess_sample_aspect_ratio: the container's (stream) value, else the bitstream's (codec context);
+    1.0 when unknown or outside [1/10, 10] (treated as a broken tag rather than a real pixel shape)."""
+    for sar in (stream.sample_aspect_ratio, getattr(stream.codec_context, "sample_aspect_ratio", None)):
+        try:
+            if sar is not None and sar.numerator > 0 and sar.denominator > 0:
+                v = float(sar)
+                return v if 0.1 <= v <= 10 else 1.0
+        except (AttributeError, ZeroDivisionError, TypeError):
+            continue
+    return 1.0
+
+
+def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: DecodeConfig,
+                 deadline: _Deadline) -> tuple[np.ndarray | None, int, dict[str, Any], tuple[int, int] | None, str | None]:
     """One sequential decode pass keeping `indices` (sorted). Returns (frames or None, frames decoded,
-    rotation, planned (h, w)). frames is None when the stream ended (or broke) before the last index.
-    The container is opened afresh (the probe's container was demuxed for counting): no seek anywhere."""
-    container = _open(data)
+    geometry info, planned (h, w), last FFmpeg error). frames is None when the stream ended (or broke)
+    before the last index. The container is opened afresh (the probe's container was demuxed for
+    counting): no seek anywhere."""
+    container = _open(data, cfg, deadline)
     try:
         stream = container.streams[stream_index]
         cc = stream.codec_context
+        cc.options = {**(cc.options or {}), **_decoder_options(cfg)}
         if cfg.threads == 1:
             cc.thread_type = "NONE"
             cc.thread_count = 1
@@ -190,22 +335,27 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
         n = len(indices)
         out: np.ndarray | None = None
         size: tuple[int, int] | None = None
-        rotation = 0
-        k_rot = 0
+        geo = _Geometry()
+        info: dict[str, Any] = {"rotation": 0, "mirrored": False, "sar": 1.0}
         reformatter = VideoReformatter()  # one swscale context reused for every kept frame
         decoded = 0
+        last_error: str | None = None
         try:
             for frame in container.decode(stream):
                 i = decoded
                 decoded += 1
                 if out is None:
                     # First frame (index 0 is always kept): decide the output size from what the decoder
-                    # produces, as decord does, after the last safety check on its real size.
-                    if frame.width * frame.height > cfg.max_decoded_pixels:
-                        raise DecodeError(f"frame size {frame.width}x{frame.height} exceeds max_decoded_pixels={cfg.max_decoded_pixels}")
-                    rotation = int(frame.rotation or 0)
-                    k_rot = _rot_k(rotation) if cfg.apply_rotation else 0
-                    dh, dw = (frame.width, frame.height) if k_rot % 2 else (frame.height, frame.width)
+                    # produces, as decord does, after the last safety check on its real size (FFmpeg's
+                    # max_pixels already refused to allocate anything larger).
+                    _check_pixels(frame.width, frame.height, cfg)
+                    info["rotation"] = int(frame.rotation or 0)
+                    mg = _matrix_geometry(_display_matrix(frame))
+                    info["mirrored"] = bool(mg) and (mg[0] + mg[1] + mg[2]) % 2 == 1  # odd number of reflections
+                    info["sar"] = _sample_aspect_ratio(stream)
+                    if cfg.apply_rotation:
+                        geo = _Geometry(*(mg or (False, False, False)), sar=info["sar"])
+                    dw, dh = geo.display_size(frame.width, frame.height)
                     min_px, max_px = frame_pixel_bounds(n, cfg)
                     try:
                         size = smart_resize(dh, dw, min_pixels=min_px, max_pixels=max_px)
@@ -216,29 +366,31 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
                     out = np.empty((n, size[0], size[1], 3), dtype=np.uint8)
                 positions = want.get(i)
                 if positions:
-                    # swscale resizes in the coded orientation; a 90/270 display rotation swaps the target.
-                    th, tw = (size[1], size[0]) if k_rot % 2 else size
+                    # swscale resizes in the coded orientation (a transposing display matrix swaps the target)
+                    # and scales non-square pixels through the target size; then the turn/mirror is applied.
+                    th, tw = (size[1], size[0]) if geo.transpose else size
                     rgb = reformatter.reformat(frame, width=tw, height=th, format="rgb24",
                                                interpolation=RESIZE_INTERPOLATION,
                                                threads=cfg.threads).to_ndarray()
-                    if k_rot:
-                        rgb = np.rot90(rgb, k_rot)
+                    rgb = geo.apply(rgb)
                     for pos in positions:
                         out[pos] = rgb
                 if i >= last:
                     break
-        except av.FFmpegError:
+                deadline.check(f"decoding frame {decoded}")
+        except av.FFmpegError as e:
             # A hard decoder/demuxer error mid-stream is treated like the end of the stream: what was
             # decoded before it is the clip (the caller re-plans if planned frames are missing).
-            pass
+            deadline.check(f"decoding frame {decoded}")
+            last_error = _av_msg(e)
         if decoded <= last:
-            return None, decoded, rotation, size
-        return out, decoded, rotation, size
+            return None, decoded, info, size, last_error
+        return out, decoded, info, size, last_error
     finally:
         container.close()
 
 
-def decode_video(data: bytes, cfg: DecodeConfig) -> DecodedVideo:
+def decode_video(data: bytes, cfg: DecodeConfig, *, max_bytes: int | None = None) -> DecodedVideo:
     """Decode `data` (an in-memory container) into the qwen-vl-utils frame plan. Raises only DecodeError
     for bad media.
 
@@ -249,12 +401,16 @@ def decode_video(data: bytes, cfg: DecodeConfig) -> DecodedVideo:
     frames -> DecodeError. A stream with *more* frames than its metadata says is sampled per the metadata
     (like decord) and decoding stops after the last planned frame.
 
-    Rotation: the display-matrix rotation is reported in `rotation`; frames are rotated (quarter turns,
-    planned on the displayed size) only when `cfg.apply_rotation` (off by default: decord and torchvision
-    ignore it, so the reference sees the coded orientation). Flips in the matrix are ignored.
+    Geometry: the display-matrix rotation is reported in `rotation` (and a mirror in `mirrored`), the pixel
+    aspect ratio in `sample_aspect_ratio`; they are applied (quarter turns and mirrors, planned on the
+    displayed size, SAR scaled to the display aspect) only when `cfg.apply_rotation` (off by default: decord
+    and torchvision ignore them, so the reference sees coded pixels in the coded orientation).
+
+    Limits (see the module docstring): `max_bytes` (this argument and/or cfg.max_bytes, the smaller wins),
+    cfg.max_decoded_pixels, cfg.max_duration_s, cfg.decode_timeout_s.
     """
     try:
-        return _decode_video(data, cfg)
+        return _decode_video(data, cfg, max_bytes)
     except DecodeError:
         raise
     except av.FFmpegError as e:
@@ -265,10 +421,14 @@ def decode_video(data: bytes, cfg: DecodeConfig) -> DecodedVideo:
         raise DecodeError("out of memory while decoding") from None
 
 
-def _decode_video(data: bytes, cfg: DecodeConfig) -> DecodedVideo:
-    container = _open(data)
+def _decode_video(data: bytes, cfg: DecodeConfig, max_bytes: int | None = None) -> DecodedVideo:
+    deadline = _Deadline(cfg.decode_timeout_s)
+    limits = [v for v in (max_bytes, cfg.max_bytes) if v is not None]
+    if limits and isinstance(data, (bytes, bytearray, memoryview)) and len(data) > min(limits):
+        raise DecodeError(f"video is {len(data)} bytes > max_bytes={min(limits)}")
+    container = _open(data, cfg, deadline)
     try:
-        p = _probe(container, cfg)
+        p = _probe(container, cfg, deadline)
     finally:
         container.close()
     total = p.total_frames
@@ -277,25 +437,26 @@ def _decode_video(data: bytes, cfg: DecodeConfig) -> DecodedVideo:
     except ValueError as e:
         raise DecodeError(f"cannot sample frames: {one_line(e)}") from None
     indices = frame_indices(total, n)
-    frames, decoded, rotation, size = _decode_pass(data, p.stream_index, indices, cfg)
+    frames, decoded, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline)
     replanned = False
     if frames is None:
         if decoded < 2:
-            raise DecodeError(f"only {decoded} decodable frame(s) (metadata said {total})")
+            why = f": {err}" if err else ""
+            raise DecodeError(f"only {decoded} decodable frame(s) (metadata said {total}){why}")
         total = decoded
         try:
             n = smart_nframes(total, p.fps, cfg)
         except ValueError as e:
             raise DecodeError(f"cannot sample frames after truncation: {one_line(e)}") from None
         indices = frame_indices(total, n)
-        frames, decoded2, rotation, size = _decode_pass(data, p.stream_index, indices, cfg)
+        frames, decoded2, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline)
         if frames is None:
             raise DecodeError(f"stream not decodable consistently ({decoded} then {decoded2} frames)")
         replanned = True
     assert size is not None
     return DecodedVideo(frames=frames, indices=indices, total_frames=total, src_fps=p.fps,
-                        duration_s=total / p.fps, width=size[1], height=size[0], rotation=rotation,
-                        replanned=replanned)
+                        duration_s=total / p.fps, width=size[1], height=size[0], rotation=info["rotation"],
+                        replanned=replanned, mirrored=info["mirrored"], sample_aspect_ratio=info["sar"])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,408 @@
+"""`vscore filter SCORES OUT --where EXPR`: keep the samples whose scores satisfy an expression.
+
+The expression is SQL over the scores dataset's columns, evaluated by DuckDB, never by Python's eval:
+
+* it is parsed by DuckDB inside ``SELECT * FROM scores WHERE (<expr>)`` and that must be exactly one
+  statement (a ``;`` cannot smuggle in a second one);
+* the parse tree (DuckDB's ``json_serialize_sql``) must be that plain SELECT and nothing else (no
+  UNION, ORDER BY, LIMIT, CTE... reached by closing the parenthesis or commenting out the rest), and
+  the WHERE tree may hold only column references to the dataset's columns, constants, comparisons,
+  AND/OR/NOT, IN, BETWEEN, IS [NOT] NULL, CASE, casts and a short list of scalar functions: no
+  subqueries, no table functions, no window or aggregate functions;
+* what runs is DuckDB's own rendering of that checked tree (``json_deserialize_sql``), not the raw
+  text, on a connection opened with ``enable_external_access=false``, which DuckDB refuses to turn back
+  on: even a function that slipped through could not read or write a file or a URL.
+
+Outputs: (a) a manifest of the kept samples (row_id, run_id, shard, key, scores; Parquet or JSON lines
+by the extension of OUT) and (b) optionally, with ``--shards-out``, new WebDataset shards holding only
+the kept samples, every member byte-for-byte except the ``.json``, which gains a ``"vscore"`` object
+with the scores. Shards stream from storage to storage (fsspec, S3 included): each source shard is
+read once, front to back, one sample in memory at a time. Counts kept/dropped are reported overall,
+per top-level condition and per score dimension.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tarfile
+from typing import Any, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.config import StorageOptions
+from pipeline.shards import SHARD_PATTERN, _split_member, _with_protocol, filesystem
+
+log = logging.getLogger(__name__)
+
+DIMENSIONS = ("visual_quality", "text_alignment", "physical_consistency")
+SCORE_COLUMNS = tuple(f"{d}{s}" for d in DIMENSIONS for s in ("", "_soft", "_expected"))
+MANIFEST_COLUMNS = ("row_id", "run_id", "shard", "key", *SCORE_COLUMNS, "parse_mode")
+# Scalar functions an expression may call (lower-case DuckDB names, including the ones operators map to).
+ALLOWED_FUNCTIONS = frozenset({
+    "abs", "round", "floor", "ceil", "ceiling", "least", "greatest", "coalesce", "ifnull", "nullif",
+    "sqrt", "ln", "log", "log2", "log10", "exp", "pow", "power", "sign", "isnan", "isfinite",
+    "lower", "upper", "length", "strlen", "starts_with", "ends_with", "contains", "prefix", "suffix",
+    "regexp_matches", "like_escape", "~~", "!~~", "~~*", "!~~*", "+", "-", "*", "/", "//", "%",
+})
+ALLOWED_CLASSES = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "OPERATOR", "BETWEEN", "CAST",
+                             "CASE", "FUNCTION"})
+
+
+class ExpressionError(ValueError):
+    """The --where expression is not a plain expression over the dataset's columns."""
+
+
+# --------------------------------------------------------------------------- the expression
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(config={"enable_external_access": False})
+
+
+def _walk(node: Any, columns: set[str], path: str = "where") -> Iterator[str]:
+    """Yield the column names an expression tree references; raise on anything not allowed."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _walk(item, columns, f"{path}[{i}]")
+        return
+    if not isinstance(node, dict):
+        return
+    cls = node.get("class")
+    if cls is not None:
+        if cls not in ALLOWED_CLASSES:
+            kind = {"SUBQUERY": "a subquery", "WINDOW": "a window function", "STAR": "*", "LAMBDA": "a lambda",
+                    "PARAMETER": "a parameter"}.get(cls, cls.lower())
+            raise ExpressionError(f"not allowed in --where: {kind}")
+        if cls == "COLUMN_REF":
+            names = node.get("column_names") or []
+            if len(names) != 1:
+                raise ExpressionError(f"use plain column names (got {'.'.join(names)})")
+            name = names[0]
+            match = next((c for c in columns if c.lower() == name.lower()), None)
+            if match is None:
+                raise ExpressionError(f"unknown column {name!r}; the scores dataset has: {', '.join(sorted(columns))}")
+            yield match
+            return
+        if cls == "FUNCTION":
+            fname = str(node.get("function_name", "")).lower()
+            if fname not in ALLOWED_FUNCTIONS or node.get("schema") or node.get("catalog"):
+                raise ExpressionError(f"function {fname!r} is not allowed in --where "
+                                      f"(allowed: {', '.join(sorted(f for f in ALLOWED_FUNCTIONS if f[0].isalpha()))})")
+            if node.get("filter") or node.get("distinct") or (node.get("order_bys") or {}).get("orders"):
+                raise ExpressionError(f"aggregate syntax is not allowed in --where ({fname})")
+    for key, value in node.items():
+        if isinstance(value, (dict, list)):
+            yield from _walk(value, columns, f"{path}.{key}")
+
+
+def _serialize(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    if tree.get("error"):
+        raise ExpressionError(f"not a valid expression: {tree.get('error_message', 'parse error')}")
+    return tree
+
+
+def compile_where(expr: str, columns: list[str] | tuple[str, ...]) -> tuple[str, list[str], list[str]]:
+    """Check `expr` and return (the SQL DuckDB renders for it, the top-level AND-ed conditions rendered
+    the same way, the columns it uses). Raises ExpressionError on anything but a plain expression."""
+    if not expr or not expr.strip():
+        raise ExpressionError("empty --where expression")
+    sql = f"SELECT * FROM scores WHERE ({expr})"
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise ExpressionError(f"not a valid expression: {str(e).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise ExpressionError("--where must be one expression, not several statements")
+    con = _connect()
+    try:
+        try:
+            tree = _serialize(con, sql)
+        except duckdb.Error as e:
+            raise ExpressionError(f"not a valid expression: {str(e).splitlines()[0]}") from None
+        stmts = tree.get("statements") or []
+        node = stmts[0].get("node", {}) if len(stmts) == 1 else {}
+        select = node.get("select_list") or []
+        frm = node.get("from_table") or {}
+        plain = (node.get("type") == "SELECT_NODE" and not node.get("modifiers") and not (node.get("cte_map") or {}).get("map")
+                 and len(select) == 1 and select[0].get("class") == "STAR" and not select[0].get("exclude_list")
+                 and frm.get("type") == "BASE_TABLE" and frm.get("table_name") == "scores" and not frm.get("schema_name")
+                 and not frm.get("sample") and not node.get("group_expressions") and not node.get("group_sets")
+                 and node.get("having") is None and node.get("qualify") is None and node.get("sample") is None
+                 and node.get("where_clause") is not None)
+        if not plain:
+            raise ExpressionError("--where must be a single expression over the scores columns "
+                                  "(no ORDER BY/LIMIT/UNION/comments closing the condition)")
+        where = node["where_clause"]
+        used = sorted(set(_walk(where, set(columns))))
+        if not used:
+            raise ExpressionError("--where does not use any column of the scores dataset")
+
+        def render(w: dict[str, Any]) -> str:
+            t = copy.deepcopy(tree)
+            t["statements"][0]["node"]["where_clause"] = w
+            text = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(t)]).fetchall()[0][0]
+            prefix = "SELECT * FROM scores WHERE "
+            assert text.startswith(prefix), text
+            return text[len(prefix):]
+
+        parts = where["children"] if where.get("type") == "CONJUNCTION_AND" else [where]
+        return render(where), [render(p) for p in parts], used
+    finally:
+        con.close()
+
+
+# --------------------------------------------------------------------------- the dataset
+
+def open_scores(url: str, storage: StorageOptions):
+    """A lazy pyarrow dataset over the scores (hive-partitioned root or one Parquet file)."""
+    import pyarrow.dataset as pads
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, root = filesystem(url, storage)
+    pa_fs = PyFileSystem(FSSpecHandler(fs))
+    if fs.isdir(root):
+        return pads.dataset(root, format="parquet", partitioning="hive", filesystem=pa_fs)
+    return pads.dataset(root, format="parquet", filesystem=pa_fs)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# --------------------------------------------------------------------------- shards
+
+def _samples(stream) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
+    """(key, members) of a tar stream, grouped like pipeline.shards.iter_shard groups them (consecutive
+    members sharing the key before the first dot of the basename)."""
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        key: str | None = None
+        members: list[tuple[tarfile.TarInfo, bytes]] = []
+        for m in tar:
+            if not m.isfile():
+                continue
+            k, _ = _split_member(m.name)
+            if k != key and key is not None:
+                yield key, members
+                members = []
+            key = k
+            f = tar.extractfile(m)
+            members.append((m, f.read() if f is not None else b""))
+        if key is not None:
+            yield key, members
+
+
+def _with_scores(members: list[tuple[tarfile.TarInfo, bytes]], key: str, scores: dict[str, Any]) -> dict[str, Any]:
+    """The sample as a webdataset dict: every member unchanged except the .json, which gains
+    {"vscore": scores} (a .json is added when the sample had none)."""
+    sample: dict[str, Any] = {"__key__": key}
+    for info, data in members:
+        _, ext = _split_member(info.name)
+        if ext in sample:  # the same extension twice under one key: keep the first, as readers do
+            continue
+        if ext == "json":
+            try:
+                meta = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                meta = None
+            if not isinstance(meta, dict):
+                meta = {"original_json": data.decode("utf-8", "replace")}
+            meta["vscore"] = scores
+            data = json.dumps(meta, ensure_ascii=False).encode()
+        sample[ext] = data
+    if "json" not in sample:
+        sample["json"] = json.dumps({"vscore": scores}, ensure_ascii=False).encode()
+    return sample
+
+
+class ShardSink:
+    """Writes samples into DEST/shard-NNNNNN.tar (webdataset.TarWriter over an fsspec file, so S3 uploads
+    stream), `shard_size` samples per shard."""
+
+    def __init__(self, dest: str, storage: StorageOptions, shard_size: int) -> None:
+        self.fs, self.root = filesystem(dest, storage)
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.shard_size = max(1, shard_size)
+        self.index = -1
+        self.count = 0
+        self.file = None
+        self.writer = None
+        self.urls: list[dict[str, Any]] = []
+
+    def _roll(self) -> None:
+        import webdataset as wds
+
+        self.close()
+        self.index += 1
+        path = f"{self.root.rstrip('/')}/{SHARD_PATTERN.format(index=self.index)}"
+        self.file = self.fs.open(path, "wb")
+        self.writer = wds.TarWriter(self.file, mtime=0.0)  # reproducible member headers
+        self.urls.append({"url": _with_protocol(self.fs, path), "samples": 0})
+        self.count = 0
+
+    def write(self, sample: dict[str, Any]) -> str:
+        if self.writer is None or self.count >= self.shard_size:
+            self._roll()
+        self.writer.write(sample)
+        self.count += 1
+        self.urls[-1]["samples"] += 1
+        return self.urls[-1]["url"]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # closes the tar stream; the fsspec file is closed (uploaded) here too
+            if not self.file.closed:
+                self.file.close()
+            self.writer = self.file = None
+
+
+# --------------------------------------------------------------------------- the command
+
+def filter_scores(scores: str, out: str, where: str, storage: StorageOptions | None = None, shards_out: str | None = None,
+                  shard_size: int = 1000, run_id: str | None = None) -> dict[str, Any]:
+    """Filter `scores` by `where`; write the manifest to `out` (and shards to `shards_out`). Returns the counts."""
+    storage = storage or StorageOptions()
+    dset = open_scores(scores, storage)
+    columns = list(dset.schema.names)
+    for need in ("row_id", "shard", "key"):
+        if need not in columns:
+            raise ExpressionError(f"{scores} is not a vscore scores dataset (no {need!r} column)")
+    expr, conditions, used = compile_where(where, columns)
+    con = _connect()
+    try:
+        con.register("scores_all", dset)
+        runs = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM scores_all ORDER BY 1").fetchall()] if "run_id" in columns else []
+        if run_id is not None:
+            if run_id not in runs:
+                raise ExpressionError(f"run {run_id!r} is not in {scores} (runs: {', '.join(runs) or 'none'})")
+            literal = "'" + run_id.replace("'", "''") + "'"  # a value from the data itself (checked above)
+            con.execute(f"CREATE TEMP VIEW scores AS SELECT * FROM scores_all WHERE run_id = {literal}")
+        elif len(runs) > 1:
+            raise ExpressionError(f"{scores} holds {len(runs)} runs ({', '.join(runs)}): choose one with --run-id")
+        else:
+            con.execute("CREATE TEMP VIEW scores AS SELECT * FROM scores_all")
+        # One pass for the counts: overall, per top-level condition, per score dimension.
+        dims = [d for d in DIMENSIONS if d in columns]
+        aggs = ["count(*)", f"count(*) FILTER (WHERE {expr})", "count(DISTINCT row_id)"]
+        aggs += [f"count(*) FILTER (WHERE {c})" for c in conditions]
+        for d in dims:
+            qd = _q(d)
+            aggs += [f"count({qd})", f"count({qd}) FILTER (WHERE {expr})", f"avg({qd}) FILTER (WHERE {expr})",
+                     f"avg({qd}) FILTER (WHERE ({expr}) IS NOT TRUE)"]
+        row = con.execute(f"SELECT {', '.join(aggs)} FROM scores").fetchall()[0]
+        total, kept, distinct = row[0], row[1], row[2]
+        i = 3
+        per_condition = []
+        for c in conditions:
+            per_condition.append({"condition": c, "pass": row[i], "fail": total - row[i]})
+            i += 1
+        per_dimension = {}
+        for d in dims:
+            scored, kept_scored, mean_kept, mean_dropped = row[i:i + 4]
+            i += 4
+            per_dimension[d] = {"scored": scored, "kept": kept_scored, "dropped": scored - kept_scored,
+                                "unscored_dropped": (total - scored) - (kept - kept_scored),
+                                "mean_kept": mean_kept, "mean_dropped": mean_dropped}
+        # The kept rows, once, into DuckDB's memory (one per row_id), for the manifest and the shards.
+        keep_cols = [c for c in MANIFEST_COLUMNS if c in columns]
+        extra = [c for c in ("model", "template") if c in columns]
+        con.execute(f"CREATE TEMP TABLE kept AS SELECT DISTINCT ON (row_id) {', '.join(_q(c) for c in keep_cols + extra)} "
+                    f"FROM scores WHERE {expr} ORDER BY row_id")
+        n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
+        summary: dict[str, Any] = {
+            "scores": scores, "where": where, "where_sql": expr, "columns_used": used, "run_id": run_id or (runs[0] if runs else None),
+            "rows": total, "kept": n_kept, "dropped": total - kept, "duplicate_rows": total - distinct,
+            "conditions": per_condition, "dimensions": per_dimension, "manifest": out,
+        }
+        out_shard: dict[str, str] = {}
+        if shards_out:
+            summary.update(_write_shards(con, keep_cols, storage, shards_out, shard_size, out_shard))
+        _write_manifest(con, keep_cols, out, storage, out_shard)
+        return summary
+    finally:
+        con.close()
+
+
+def _scores_of(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec[k] for k in ("run_id", "row_id", *SCORE_COLUMNS, "parse_mode", "model", "template") if k in rec}
+
+
+def _write_shards(con, keep_cols: list[str], storage: StorageOptions, dest: str, shard_size: int,
+                  out_shard: dict[str, str]) -> dict[str, Any]:
+    shards = [r[0] for r in con.execute("SELECT DISTINCT shard FROM kept ORDER BY shard").fetchall()]
+    sink = ShardSink(dest, storage, shard_size)
+    written = missing = 0
+    missing_keys: list[str] = []
+    try:
+        for shard in shards:
+            res = con.execute("SELECT * FROM kept WHERE shard = ?", [shard])
+            names = [d[0] for d in res.description]
+            wanted = {rec["key"]: rec for rec in (dict(zip(names, r)) for r in res.fetchall())}
+            fs, path = filesystem(shard, storage)
+            seen: set[str] = set()
+            try:
+                with fs.open(path, "rb") as f:
+                    for key, members in _samples(f):
+                        rec = wanted.get(key)
+                        if rec is None or key in seen:
+                            continue  # dropped sample (or a duplicate key, which the scores name key#dupN)
+                        seen.add(key)
+                        out_shard[rec["row_id"]] = sink.write(_with_scores(members, key, _scores_of(rec)))
+                        written += 1
+            except (OSError, tarfile.TarError) as e:
+                log.warning("source shard %s could not be read to the end: %s", shard, e)
+            for key in wanted.keys() - seen:
+                missing += 1
+                if len(missing_keys) < 20:
+                    missing_keys.append(f"{shard}#{key}")
+    finally:
+        sink.close()
+    return {"shards_out": dest, "shards_written": sink.urls, "samples_written": written,
+            "kept_not_in_shards": missing, "kept_not_in_shards_examples": missing_keys}
+
+
+def _write_manifest(con, keep_cols: list[str], out: str, storage: StorageOptions, out_shard: dict[str, str]) -> None:
+    import pyarrow.parquet as pq
+
+    table: pa.Table = con.sql(f"SELECT {', '.join(_q(c) for c in keep_cols)} FROM kept ORDER BY shard, key").to_arrow_table()
+    if out_shard:
+        table = table.append_column("out_shard", pa.array([out_shard.get(r) for r in table.column("row_id").to_pylist()], pa.string()))
+    fs, path = filesystem(out, storage)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    lower = path.lower()
+    if lower.endswith(".parquet") or lower.endswith(".pq"):
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+    elif lower.endswith(".jsonl") or lower.endswith(".json") or lower.endswith(".ndjson"):
+        with fs.open(path, "wb") as f:
+            for batch in table.to_batches(max_chunksize=4096):
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch.to_pylist()).encode())
+    else:
+        raise ExpressionError(f"manifest {out!r}: use a .parquet or .jsonl file name")
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    def pct(a: int, b: int) -> str:
+        return f"{100.0 * a / b:.1f}%" if b else "–"
+
+    lines = [f"where {s['where_sql']}", f"rows {s['rows']}: kept {s['kept']} ({pct(s['kept'], s['rows'])}), dropped {s['dropped']}"]
+    if s.get("duplicate_rows"):
+        lines.append(f"  ({s['duplicate_rows']} duplicate row ids kept once)")
+    lines.append("per condition (each on its own):")
+    for c in s["conditions"]:
+        lines.append(f"  {c['condition']}: pass {c['pass']}, fail {c['fail']}")
+    lines.append("per dimension (rows with that score):")
+    for d, v in s["dimensions"].items():
+        mk = "–" if v["mean_kept"] is None else f"{v['mean_kept']:.2f}"
+        md = "–" if v["mean_dropped"] is None else f"{v['mean_dropped']:.2f}"
+        lines.append(f"  {d}: scored {v['scored']}, kept {v['kept']}, dropped {v['dropped']} "
+                     f"(mean kept {mk}, dropped {md}); unscored dropped {v['unscored_dropped']}")
+    lines.append(f"manifest: {s['manifest']}")
+    if "shards_out" in s:
+        lines.append(f"shards: {len(s['shards_written'])} written to {s['shards_out']} ({s['samples_written']} samples)"
+                     + (f"; {s['kept_not_in_shards']} kept rows had no sample in their source shard" if s["kept_not_in_shards"] else ""))
+    return "\n".join(lines)
