@@ -64,8 +64,12 @@ def _config(tmp: Path, model_dir: Path, shards_dir: Path, out: Path, max_new_tok
 
 
 def _env(tmp: Path) -> dict[str, str]:
+    # A Ray temp dir of its own: every process of the child's local Ray carries it in its command line,
+    # so the test can kill exactly those processes (never `ray stop`, which kills every Ray on the machine).
+    ray_tmp = Path("/tmp") / f"vsr-{os.getpid()}-{tmp.name[-12:]}"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", RAY_TMPDIR=str(ray_tmp))
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -104,11 +108,21 @@ def _expected_ids(shards_dir: Path) -> set[str]:
     return ids
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started (local Ray included)
+def _kill_group(proc: subprocess.Popen, env: dict[str, str]) -> None:
+    """SIGKILL the driver, then every process of its local Ray (found by its private temp dir)."""
+    import psutil
+
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60,
-                   env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"))
+    marker = env["RAY_TMPDIR"]
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            penv = p.info["environ"] or {}
+            if marker in cmd or penv.get("RAY_TMPDIR") == marker:
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 @pytest.mark.slow
@@ -118,7 +132,7 @@ def test_kill_driver_then_rerun_exactly_once(tmp_path, model_dir, shards_dir):
     env = _env(tmp_path)
     proc = _score(cfg, env)
     _wait_for_commits(proc, out, 3)
-    _kill_group(proc)
+    _kill_group(proc, env)
     partial = _rows(out) if out.exists() else []
     expected = _expected_ids(shards_dir)
     assert 0 < len({r["row_id"] for r in partial}) < len(expected), "kill landed mid-run"
@@ -146,14 +160,18 @@ def test_kill_ray_worker_mid_run(tmp_path, model_dir, shards_dir):
 
     out = tmp_path / "out"
     cfg = _config(tmp_path, model_dir, shards_dir, out)
-    proc = _score(cfg, _env(tmp_path))
+    env = _env(tmp_path)
+    proc = _score(cfg, env)
     try:
         _wait_for_commits(proc, out, 2)
-        victims = [p for p in psutil.process_iter(["cmdline"])
-                   if any("ScoreStage" in (c or "") for c in (p.info["cmdline"] or []))
-                   or "ScoreStage" in " ".join(p.info["cmdline"] or [])]
-        if not victims:  # actor processes are named ray::MapWorker(MapBatches(ScoreStage))
-            victims = [p for p in psutil.process_iter(["name"]) if "ScoreStage" in (p.info["name"] or "")]
+        def ours(p):  # a process of this test's own Ray (its private RAY_TMPDIR), never another Ray's
+            try:
+                return (p.environ() or {}).get("RAY_TMPDIR") == env["RAY_TMPDIR"]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                return False
+
+        victims = [p for p in psutil.process_iter(["cmdline", "name"]) if ours(p) and (
+            "ScoreStage" in " ".join(p.info["cmdline"] or []) or "ScoreStage" in (p.info["name"] or ""))]
         assert victims, "no scoring worker process found"
         for v in victims:
             v.kill()
@@ -161,7 +179,7 @@ def test_kill_ray_worker_mid_run(tmp_path, model_dir, shards_dir):
         assert proc.returncode == 0, out_text.decode()[-4000:]
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            _kill_group(proc, env)
     ids = [r["row_id"] for r in _rows(out)]
     assert len(ids) == len(set(ids)) == len(_expected_ids(shards_dir))
 
