@@ -39,7 +39,10 @@ class EmbeddedS3:
         if self.buckets:
             fs = self.filesystem()
             for b in self.buckets:
-                fs.mkdir(b)
+                try:
+                    fs.mkdir(b)
+                except FileExistsError:  # moto's backend is per process: another server made it
+                    pass
         return self
 
     def filesystem(self) -> Any:

@@ -21,7 +21,6 @@ from pipeline.config import DecodeConfig, ScoreConfig
 from pipeline.decode import DecodeError, DecodeStage, decode_video, probe_video
 from pipeline.frames import frame_indices, smart_nframes
 from pipeline.schema import make_row_id
-from tests.fixtures_infra import ray_local, s3  # noqa: F401
 from tests.media import decode_all_frames
 from tests.media_fixtures import (
     BIG,

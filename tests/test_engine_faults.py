@@ -11,7 +11,6 @@ import pyarrow.dataset as pads
 from pipeline.config import ScoreConfig
 from pipeline.job import run
 from pipeline.shards import pack
-from tests.fixtures_infra import ray_local, s3  # noqa: F401
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 

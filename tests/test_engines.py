@@ -15,7 +15,6 @@ import pytest
 from pipeline.chat import video_token_count
 from pipeline.config import EngineConfig, SamplingConfig
 from pipeline.engines.base import EngineOutput, EngineRequest, make_engine
-from tests.fixtures_model import tiny_model_dir  # noqa: F401
 
 USER_TEXT = "Rate this video.\nVideo prompt: a cat walks on the grass"
 SMALL = (4, 56, 84, 3)

@@ -15,7 +15,6 @@ from pipeline.config import StorageOptions
 from pipeline.filter import ExpressionError, compile_where, filter_scores
 from pipeline.schema import COLUMNS, make_row_id, rows_to_table
 from pipeline.shards import filesystem, tar_bytes
-from tests.fixtures_infra import s3  # noqa: F401
 
 BUCKET = "vscore-test"
 RUN = "vs2-filtertest01"

@@ -14,7 +14,6 @@ from pipeline.config import ScoreConfig, StorageOptions
 from pipeline.job import run
 from pipeline.schema import OUTPUT_SCHEMA, make_row_id
 from pipeline.shards import pack
-from tests.fixtures_infra import ray_local, s3  # noqa: F401
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 

@@ -15,7 +15,6 @@ from pipeline.cli import main
 from pipeline.parse import parse_output
 from pipeline.reparse import open_scores_dataset, reparse_dataset
 from pipeline.schema import OUTPUT_SCHEMA, rows_to_table
-from tests.fixtures_infra import s3  # noqa: F401
 
 TRAINED = ("\n<think>\nmulti-dimensional analysis: the clip is smooth.\n</think>\n\n"
            "(1) visual quality: 3\n(2) text-to-video alignment: 4\n(3) physical/common-sense consistency: 2\n")

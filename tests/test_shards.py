@@ -4,12 +4,10 @@ import json
 import tarfile
 from pathlib import Path
 
-import pytest
 
 from pipeline.config import InputConfig, StorageOptions
 from pipeline.schema import make_row_id
 from pipeline.shards import iter_shard, list_shards, pack, tar_bytes
-from tests.fixtures_infra import s3  # noqa: F401
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 

@@ -14,7 +14,6 @@ from pipeline.config import ScoreConfig, StorageOptions
 from pipeline.job import run
 from pipeline.shards import filesystem, pack
 from tests.fault_proxy import FaultProxy
-from tests.fixtures_infra import ray_local, s3  # noqa: F401
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 

@@ -20,7 +20,6 @@ from pipeline.chat import (
 from pipeline.config import SamplingConfig
 from pipeline.engines.sampling import resolve_sampling
 from pipeline.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_model
-from tests.fixtures_model import tiny_model_dir  # noqa: F401
 
 EXPECTED_RENDER = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
