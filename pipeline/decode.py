@@ -390,6 +390,14 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
         container.close()
 
 
+def _sample_indices(total: int, fps: float, cfg: DecodeConfig, what: str) -> list[int]:
+    """qwen-vl-utils' frame count and indices for a stream of `total` frames at `fps`."""
+    try:
+        return frame_indices(total, smart_nframes(total, fps, cfg))
+    except ValueError as e:
+        raise DecodeError(f"{what}: {one_line(e)}") from None
+
+
 def decode_video(data: bytes, cfg: DecodeConfig, *, max_bytes: int | None = None) -> DecodedVideo:
     """Decode `data` (an in-memory container) into the qwen-vl-utils frame plan. Raises only DecodeError
     for bad media.
@@ -432,11 +440,7 @@ def _decode_video(data: bytes, cfg: DecodeConfig, max_bytes: int | None = None) 
     finally:
         container.close()
     total = p.total_frames
-    try:
-        n = smart_nframes(total, p.fps, cfg)
-    except ValueError as e:
-        raise DecodeError(f"cannot sample frames: {one_line(e)}") from None
-    indices = frame_indices(total, n)
+    indices = _sample_indices(total, p.fps, cfg, "cannot sample frames")
     frames, decoded, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline)
     replanned = False
     if frames is None:
@@ -444,11 +448,7 @@ def _decode_video(data: bytes, cfg: DecodeConfig, max_bytes: int | None = None) 
             why = f": {err}" if err else ""
             raise DecodeError(f"only {decoded} decodable frame(s) (metadata said {total}){why}")
         total = decoded
-        try:
-            n = smart_nframes(total, p.fps, cfg)
-        except ValueError as e:
-            raise DecodeError(f"cannot sample frames after truncation: {one_line(e)}") from None
-        indices = frame_indices(total, n)
+        indices = _sample_indices(total, p.fps, cfg, "cannot sample frames after truncation")
         frames, decoded2, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline)
         if frames is None:
             raise DecodeError(f"stream not decodable consistently ({decoded} then {decoded2} frames)")

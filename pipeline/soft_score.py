@@ -23,25 +23,28 @@ import numpy as np
 LABELS = ("visual quality:", "text-to-video alignment:", "physical/common-sense consistency:")
 
 
-def normed_soft_score(digit_logprobs_row: Sequence[float]) -> float | None:
-    """s* x p(s*) / sum_j p(j) over s in 1..5 from one position's digit log-probs (any common offset)."""
+def _digit_probs(digit_logprobs_row: Sequence[float]) -> np.ndarray | None:
+    """p(1..5) from one position's digit log-probs (any common offset; -inf = 0), unnormalised."""
     lp = np.asarray(digit_logprobs_row, dtype=np.float64)
     if lp.shape != (5,) or not np.isfinite(lp).any():
         return None
     p = np.exp(lp - lp[np.isfinite(lp)].max())
     p[~np.isfinite(lp)] = 0.0
-    total = p.sum()
+    return p
+
+
+def normed_soft_score(digit_logprobs_row: Sequence[float]) -> float | None:
+    """s* x p(s*) / sum_j p(j) over s in 1..5 from one position's digit log-probs (any common offset)."""
+    p = _digit_probs(digit_logprobs_row)
+    if p is None:
+        return None
     best = int(np.argmax(p))  # first maximum -> lower score on ties, like list.index(max(...))
-    return float((best + 1) * p[best] / total)
+    return float((best + 1) * p[best] / p.sum())
 
 
 def expected_score(digit_logprobs_row: Sequence[float]) -> float | None:
-    lp = np.asarray(digit_logprobs_row, dtype=np.float64)
-    if lp.shape != (5,) or not np.isfinite(lp).any():
-        return None
-    p = np.exp(lp - lp[np.isfinite(lp)].max())
-    p[~np.isfinite(lp)] = 0.0
-    return float((np.arange(1, 6) * p).sum() / p.sum())
+    p = _digit_probs(digit_logprobs_row)
+    return None if p is None else float((np.arange(1, 6) * p).sum() / p.sum())
 
 
 def locate_score_token(label: str, token_ids: Sequence[int], tokenizer: Any) -> int:
