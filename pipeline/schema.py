@@ -74,10 +74,10 @@ def make_seed(base_seed: int, row_id: str) -> int:
 def one_line(message: object, limit: int = 500) -> str:
     """An error message as one bounded line (exception type first)."""
     if isinstance(message, BaseException):
-        text = f"{type(message).__name__}: {message}"
+        msg = " ".join(str(message).split())
+        text = f"{type(message).__name__}: {msg}" if msg else type(message).__name__
     else:
-        text = str(message)
-    text = " ".join(text.split())
+        text = " ".join(str(message).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

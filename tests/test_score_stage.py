@@ -95,3 +95,17 @@ def test_engine_exception_becomes_error_rows(tmp_path):
     rows = ScoreStage(cfg, engine=Broken())(_batch(2)).to_pylist()
     assert all(r["status"] == "error" and r["error_stage"] == "engine" for r in rows)
     assert rows[0]["error"] == "RuntimeError: CUDA error: device-side assert second line"  # one line
+
+
+def test_prompt_longer_than_context_is_an_engine_error_row(tmp_path, tiny_model_dir):
+    """A huge prompt (longer than the engine's context) becomes an error row; the other rows score."""
+    from pipeline.engines.base import make_engine
+
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}", "engine.kind=transformers",
+                             f"engine.model={tiny_model_dir}", "engine.dtype=float32", "engine.device=cpu",
+                             "engine.max_model_len=2048", "sampling.max_new_tokens=8"])
+    batch = _batch(2)
+    batch["prompt"][0] = "word " * 5000
+    rows = ScoreStage(cfg, engine=make_engine(cfg.engine, cfg.sampling))(batch).to_pylist()
+    assert rows[0]["status"] == "error" and rows[0]["error_stage"] == "engine" and "max_model_len" in rows[0]["error"]
+    assert rows[1]["status"] == "ok" and 0 < rows[1]["output_tokens"] <= 8

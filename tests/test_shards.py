@@ -115,3 +115,15 @@ def test_pack_and_read_on_s3(s3):  # noqa: F811
     cfg = InputConfig(shards=listed[0], storage=st)
     rows = list(iter_shard(listed[0], "00000", cfg))
     assert len(rows) == 4 and all(r["status"] == "ok" and len(r["video"]) > 1000 for r in rows)
+
+
+def test_empty_shards(tmp_path):
+    """A valid tar with no members yields no rows (nothing to conserve); a zero-byte shard file is an
+    error row for the shard."""
+    empty_tar = tmp_path / "empty.tar"
+    empty_tar.write_bytes(tar_bytes([]))
+    assert list(iter_shard(str(empty_tar), "0", InputConfig(shards="x"))) == []
+    zero = tmp_path / "zero.tar"
+    zero.write_bytes(b"")
+    rows = list(iter_shard(str(zero), "0", InputConfig(shards="x")))
+    assert len(rows) == 1 and rows[0]["key"] == "__shard__" and rows[0]["status"] == "error"

@@ -27,14 +27,9 @@ from pipeline.engines.sampling import resolve_sampling
 if TYPE_CHECKING:
     from pipeline.config import EngineConfig, SamplingConfig
 
+from pipeline.schema import one_line
+
 log = logging.getLogger(__name__)
-
-
-def one_line(e: BaseException, limit: int = 500) -> str:
-    """`Type: message` squeezed onto one line (for EngineOutput.error)."""
-    msg = " ".join(str(e).split())
-    s = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _torch_dtype(name: str) -> Any:
@@ -114,6 +109,10 @@ class TransformersEngine:
             raise RuntimeError(f"processor produced video_grid_thw {got_grid}, expected {want_grid}")
         inputs = inputs.to(self.device)
         prompt_len = int(inputs["input_ids"].shape[1])
+        budget = self.engine_cfg.max_model_len
+        if prompt_len + self.generation_config.max_new_tokens > budget:
+            raise ValueError(f"prompt of {prompt_len} tokens + max_new_tokens {self.generation_config.max_new_tokens} "
+                             f"exceeds engine.max_model_len {budget}")
         torch.manual_seed(int(req.seed))  # seeds every device; the reference path is sequential
         with torch.inference_mode():
             out = self.model.generate(**inputs, generation_config=self.generation_config)

@@ -46,7 +46,7 @@ from pipeline.chat import (
     video_token_count,
 )
 from pipeline.engines.base import EngineOutput, EngineRequest
-from pipeline.engines.hf_engine import one_line
+from pipeline.schema import one_line
 from pipeline.engines.sampling import resolve_sampling
 
 if TYPE_CHECKING:
