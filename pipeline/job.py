@@ -31,6 +31,22 @@ log = logging.getLogger("vscore")
 
 SUMMARY_DIR = "_vscore"  # pyarrow/duckdb dataset discovery skips names starting with "_"
 
+# CPUs reserved per sink write task (Ray's default is 1). A write task turns a few dozen small result rows
+# into Parquet + a commit marker: milliseconds of CPU. With a whole CPU each, writes cannot be scheduled while
+# the actors leave less than one CPU free (the demo and any 2-core box): they then wait until the decode actors
+# are released at the end, so nothing is committed during the run (a crash loses it all) and the tail grows.
+# A small reservation lets them run while decoding goes on (measured: docs/performance.md).
+WRITE_NUM_CPUS = 0.1
+
+# How long an idle Ray task worker is kept before Ray may kill it (Ray's default: 1 s, whenever the node
+# runs more worker processes than CPUs, which the actors alone already do). With the default, nearly every
+# read and write task started a new Python worker (interpreter, ray, ray.data and the pipeline imports:
+# ~2.5 s of CPU) and that churn was the largest steady-state cost on 2 cores (write tasks + worker starts
+# ~0.07 CPU-s per video, a 5 s clip decodes in ~0.24). Kept for a minute, the same few workers serve every
+# read/write task. Applies to the local cluster `init_ray` starts; on a cluster set it in `ray start
+# --system-config` (docs/performance.md).
+IDLE_WORKER_KEEP_MS = 60_000
+
 
 def init_ray(cfg: ScoreConfig) -> None:
     if ray.is_initialized():
@@ -44,7 +60,8 @@ def init_ray(cfg: ScoreConfig) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
-             include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+             include_dashboard=False, runtime_env=runtime_env, log_to_driver=True,
+             _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS})
 
 
 def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = None,
@@ -132,7 +149,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards, plan=plan)
         sink = CommittedParquetSink(cfg.output, run_id, min_rows_per_write=cfg.output.min_rows_per_file)
         try:
-            ds.write_datasink(sink)
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_NUM_CPUS})
         finally:
             stop.set()
         counters = ray.get(handle.snapshot.remote())
