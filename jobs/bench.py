@@ -425,6 +425,7 @@ class ProcSampler:
         self._n = 0
         self.self_cpu = 0.0
         self.series: list[tuple[float, dict[str, float]]] = []  # (time, cumulative CPU-s by kind)
+        self.peak_by_kind: dict[str, int] = {}
         self._thread: threading.Thread | None = None
 
     def sample(self, count: bool = True) -> None:
@@ -432,6 +433,7 @@ class ProcSampler:
         procs = [self.root] + self.root.children(recursive=True)
         rss_sum = rss_max = 0
         pss_sum = 0
+        by_kind: dict[str, int] = {}
         do_pss = self._n % self.pss_every == 0
         self._n += 1
         for p in procs:
@@ -455,12 +457,18 @@ class ProcSampler:
             elif k != "decode-alone pool":
                 rss_sum += mem.rss
                 rss_max = max(rss_max, mem.rss)
+                by_kind[k] = by_kind.get(k, 0) + mem.rss
+                by_kind[k + " private"] = by_kind.get(k + " private", 0) + mem.rss - getattr(mem, "shared", 0)
             if k != "decode-alone pool":
                 pss_sum += pss
         if count and threading.current_thread() is self._thread:
             cum = dict(self.cpu)
             cum["_sampler"] = time.thread_time()  # this thread's own CPU, taken out of the driver's in window()
             self.series.append((time.time(), cum))
+        private = sum(v for kk, v in by_kind.items() if kk.endswith(" private"))
+        self.peak["others_private_sum"] = max(self.peak.get("others_private_sum", 0), private)
+        if rss_sum > self.peak["others_rss_sum"]:
+            self.peak_by_kind = by_kind  # the breakdown at the moment of the peak sum
         self.peak["others_rss_sum"] = max(self.peak["others_rss_sum"], rss_sum)
         self.peak["others_rss_max1"] = max(self.peak["others_rss_max1"], rss_max)
         self.peak["pss_sum"] = max(self.peak["pss_sum"], pss_sum)
@@ -673,6 +681,7 @@ class Runner:
         win = w.pop("window")
         cpu_win = {k: v / win[2] for k, v in s.window(win[0], win[1]).items()} if win and win[2] else {}
         return {"n": n, "wall_s": wall, "vps": n / wall, "first_commit_s": first, "cpu": s.cpu, "peak": s.peak,
+                "peak_rss_by_kind_mib": {k: round(v / 2**20) for k, v in sorted(s.peak_by_kind.items(), key=lambda x: -x[1])},
                 "cpu_per_video_window": cpu_win, **w}
 
     def close(self) -> None:
@@ -795,14 +804,15 @@ def bench_pipeline(args: argparse.Namespace, work: Path, runner: Runner) -> dict
 
 
 def bench_memory(args: argparse.Namespace, work: Path, runner: Runner) -> dict[str, Any]:
-    sizes = (200, 1000) if args.quick else (1000, 10000)
+    sizes = tuple(int(x) for x in args.memory_sizes.split(",")) if args.memory_sizes else ((200, 1000) if args.quick else (1000, 10000))
     clips = tiny_clips(work)
     load = wait_quiet(args.load_threshold, args.max_wait, "memory")
     out = {}
     for n in sizes:
         shards = pack_samples(work, "tiny", clips, n, 100)
         r = runner.run(shards, n, "mem")
-        out[str(n)] = {"vps": r["vps"], "wall_s": r["wall_s"], **{k: v / 2**20 for k, v in r["peak"].items()}}
+        out[str(n)] = {"vps": r["vps"], "wall_s": r["wall_s"], **{k: v / 2**20 for k, v in r["peak"].items()},
+                       "rss_by_kind_at_peak_mib": r["peak_rss_by_kind_mib"]}
         print(f"[bench] memory {n}: driver RSS {out[str(n)]['driver_rss']:.0f} MiB, Ray processes RSS sum "
               f"{out[str(n)]['others_rss_sum']:.0f} MiB, PSS sum {out[str(n)]['pss_sum']:.0f} MiB, {r['vps']:.1f} videos/s", flush=True)
     return {"sizes": list(sizes), "runs": out, "load": {**load, "load_at_end": round(load1(), 2)}}
@@ -838,7 +848,7 @@ def full_size_model_dir(work: Path) -> Path:
     from pipeline.tiny_model import build_tiny_model
 
     d = work / "qwen25vl-7b-random"
-    if not (d / "preprocessor_config.json").exists():
+    if not (d / "tokenizer.json").exists():
         build_tiny_model(d)
     for f in list(d.glob("*.safetensors")) + list(d.glob("*.safetensors.index.json")):
         f.unlink()
@@ -1102,9 +1112,16 @@ def ratio_table(res: dict[str, Any]) -> list[str]:
     m = res.get("memory")
     if m:
         lines += ["", "Memory, tiny synthetic clips (160x120, 2 s), FixedOutputEngine, peaks over the run (MiB)", "",
-                  "| samples | videos/s | driver RSS | Ray processes RSS (sum) | largest Ray process RSS | PSS sum (all, shared pages once) |", "|---|---|---|---|---|---|"]
+                  "| samples | videos/s | driver RSS | Ray processes RSS (sum) | Ray processes private (RSS - shared) | largest Ray process RSS | PSS sum (all, shared pages once) |",
+                  "|---|---|---|---|---|---|---|"]
         for n, r in m["runs"].items():
-            lines.append(f"| {n} | {_fmt(r['vps'], 1)} | {r['driver_rss']:.0f} | {r['others_rss_sum']:.0f} | {r['others_rss_max1']:.0f} | {r['pss_sum']:.0f} |")
+            lines.append(f"| {n} | {_fmt(r['vps'], 1)} | {r['driver_rss']:.0f} | {r['others_rss_sum']:.0f} | {r.get('others_private_sum', 0):.0f} | "
+                         f"{r['others_rss_max1']:.0f} | {r['pss_sum']:.0f} |")
+        lines.append("")
+        for n, r in m["runs"].items():
+            kinds = r.get("rss_by_kind_at_peak_mib", {})
+            lines.append(f"- {n} samples, RSS (private = RSS - shared pages) by process kind at the peak, MiB: " + ", ".join(
+                f"{k} {v} ({kinds.get(k + ' private', 0)})" for k, v in kinds.items() if not k.endswith(" private")))
     g = res.get("gpu")
     if g:
         lines += ["", f"GPU, reference workload {g['workload']}", "", "| engine | videos/s | output tok/s | GPU util mean | GPU mem max MiB |", "|---|---|---|---|---|"]
@@ -1158,10 +1175,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline-reps", type=int, default=None, help="pipeline reps (default 1 quick / 3 full)")
     ap.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override of the benchmarked pipeline config (dotted.key=value), repeatable")
+    ap.add_argument("--memory-sizes", default=None, help="sample counts of the memory runs (default 200,1000 quick / 1000,10000)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V",
                     help="pipeline variant measured side by side (config overrides, job.CONST=..., ctx.FIELD=...), repeatable")
     ap.add_argument("--load-threshold", type=float, default=1.0, help="wait for the 1-min load to fall below this")
-    ap.add_argument("--max-wait", type=float, default=600.0, help="longest wait for a quiet machine, per section (s)")
+    ap.add_argument("--max-wait", type=float, default=None, help="longest wait for a quiet machine, per section (s; default 600, 60 with --quick)")
     ap.add_argument("--gpu", action="store_true", help="run the GPU engine benchmark instead (needs CUDA)")
     ap.add_argument("--gpu-engines", default="transformers,vllm", help="comma list: transformers,vllm")
     ap.add_argument("--gpu-videos", type=int, default=64, help="videos per GPU measurement")
@@ -1174,6 +1192,8 @@ def main(argv: list[str] | None = None) -> int:
     if args._decode_child:
         _decode_child(*args._decode_child)
         return 0
+    if args.max_wait is None:
+        args.max_wait = 60.0 if args.quick else 600.0
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_TMPDIR", str(ROOT / "tmp" / "ray"))
