@@ -124,6 +124,9 @@ def wait_quiet(threshold: float, max_wait: float, what: str) -> dict[str, float]
     while load1() >= threshold and time.time() - t0 < max_wait:
         print(f"[bench] {what}: load {load1():.2f} >= {threshold}, waiting ...", flush=True)
         time.sleep(min(30.0, max(1.0, max_wait - (time.time() - t0))))
+    if load1() >= threshold:
+        print(f"[bench] {what}: running at load {load1():.2f} (>= {threshold}): other work shares the cores, "
+              "wall-clock figures are indicative only", flush=True)
     return {"load_at_start": round(load1(), 2), "waited_s": round(time.time() - t0, 1)}
 
 
@@ -410,9 +413,9 @@ def _kind(title: str) -> str:
 class ProcSampler:
     """Samples the process tree under the driver: CPU seconds by kind (deltas between samples, so
     processes that exit lose at most one interval), peak RSS of the driver and of everything else, and
-    (every `pss_every` samples) the PSS sum, which counts shared object-store pages once."""
+    (every `pss_every` samples, if set) the PSS sum, which counts shared object-store pages once."""
 
-    def __init__(self, every: float = 0.2, pss_every: int = 5) -> None:
+    def __init__(self, every: float = 0.5, pss_every: int = 0) -> None:
         import psutil
 
         self.psutil = psutil
@@ -434,7 +437,9 @@ class ProcSampler:
         rss_sum = rss_max = 0
         pss_sum = 0
         by_kind: dict[str, int] = {}
-        do_pss = self._n % self.pss_every == 0
+        # PSS reads /proc/PID/smaps_rollup, which walks every mapping (the object store is mapped in every
+        # worker): ~0.2 core on 2 cores at 1 Hz, so only the memory runs ask for it
+        do_pss = bool(self.pss_every) and self._n % self.pss_every == 0
         self._n += 1
         for p in procs:
             try:
@@ -515,6 +520,8 @@ class ProcSampler:
 # ----------------------------------------------------------------------------------------------------
 
 BENCH_ENGINE = "pipeline.engines.fixed:FixedOutputEngine"  # benchmark-only zero-cost engine
+QUICK_PIPELINE_N = (24, 120)  # samples of the small and the large run
+FULL_PIPELINE_N = (64, 320)
 
 
 def pack_samples(work: Path, name: str, clips: list[Path], n: int, shard_size: int) -> str:
@@ -659,7 +666,7 @@ class Runner:
         ray.data.DataContext.get_current().enable_progress_bars = False
         self.ray_init_s = time.perf_counter() - t
 
-    def run(self, shards: str, n: int, tag: str, extra: list[str] | None = None) -> dict[str, Any]:
+    def run(self, shards: str, n: int, tag: str, extra: list[str] | None = None, memory: bool = False) -> dict[str, Any]:
         from pipeline.job import run
 
         self.k += 1
@@ -667,7 +674,7 @@ class Runner:
         shutil.rmtree(out, ignore_errors=True)
         cfg = pipeline_config(shards, str(out), self.overrides + list(extra or []))
         watch = RowsWatcher()
-        with ProcSampler() as s, watch:
+        with (ProcSampler(every=0.25, pss_every=4) if memory else ProcSampler()) as s, watch:
             t0w = time.time()
             t = time.perf_counter()
             summary = run(cfg, progress_every_s=3600)
@@ -684,6 +691,13 @@ class Runner:
                 "peak_rss_by_kind_mib": {k: round(v / 2**20) for k, v in sorted(s.peak_by_kind.items(), key=lambda x: -x[1])},
                 "cpu_per_video_window": cpu_win, **w}
 
+    def restart_ray(self, shards: str) -> None:
+        """A fresh Ray session (for variants that change what `init_ray` starts Ray with)."""
+        import ray
+
+        ray.shutdown()
+        self.init_ray(shards)
+
     def close(self) -> None:
         import ray
 
@@ -691,6 +705,9 @@ class Runner:
             self.pool.terminate()
         if ray.is_initialized():
             ray.shutdown()
+
+
+SESSION_SETTINGS = {"job.IDLE_WORKER_KEEP_MS"}  # read by pipeline.job.init_ray when it starts the local Ray
 
 
 def _tot(cpu: dict[str, float]) -> float:
@@ -738,7 +755,7 @@ class _Applied:
 def bench_pipeline(args: argparse.Namespace, work: Path, runner: Runner) -> dict[str, Any]:
     reals, _ = real_clips()
     clips = reals or generated_clips(work, 854, 480, 4)
-    n_small, n_large = (32, 160) if args.quick else (64, 320)
+    n_small, n_large = QUICK_PIPELINE_N if args.quick else FULL_PIPELINE_N
     reps = args.pipeline_reps or (1 if args.quick else 3)
     shard_size = 8  # blocks of 8 samples: a fine enough grain for the in-run rate
     small = pack_samples(work, "real8", clips, n_small, shard_size)
@@ -751,6 +768,11 @@ def bench_pipeline(args: argparse.Namespace, work: Path, runner: Runner) -> dict
         runs[f"{name}/large"] = []
     plan = ["alone"] + [f"{name}/{size}" for name, _ in variants for size in ("small", "large")]
     settings = dict(variants)
+
+    def session_key(sets: list[str]) -> tuple[str, ...]:  # settings that `init_ray` reads: need their own Ray session
+        return tuple(x for x in sets if x.split("=", 1)[0] in SESSION_SETTINGS)
+
+    current = session_key([])
     for rep in range(reps):
         k = rep % len(plan)
         order = plan[k:] + plan[:k]
@@ -760,6 +782,9 @@ def bench_pipeline(args: argparse.Namespace, work: Path, runner: Runner) -> dict
             else:
                 name, size = what.split("/")
                 with _Applied(settings[name]) as overrides:
+                    if session_key(settings[name]) != current:
+                        runner.restart_ray(small)
+                        current = session_key(settings[name])
                     r = runner.run(small if size == "small" else large, n_small if size == "small" else n_large,
                                    f"pipe-{name}-{size}", extra=overrides)
             runs[what].append(r)
@@ -810,7 +835,7 @@ def bench_memory(args: argparse.Namespace, work: Path, runner: Runner) -> dict[s
     out = {}
     for n in sizes:
         shards = pack_samples(work, "tiny", clips, n, 100)
-        r = runner.run(shards, n, "mem")
+        r = runner.run(shards, n, "mem", memory=True)
         out[str(n)] = {"vps": r["vps"], "wall_s": r["wall_s"], **{k: v / 2**20 for k, v in r["peak"].items()},
                        "rss_by_kind_at_peak_mib": r["peak_rss_by_kind_mib"]}
         print(f"[bench] memory {n}: driver RSS {out[str(n)]['driver_rss']:.0f} MiB, Ray processes RSS sum "
@@ -1106,7 +1131,7 @@ def ratio_table(res: dict[str, Any]) -> list[str]:
         for name, v in p["variants"].items():
             cpu = v["cpu_per_video_window"]
             lines.append(f"- {name} ({', '.join(v['settings']) or 'bench config'}): CPU-s per video by process (of which kernel), steady-state window: "
-                         + ", ".join(f"{k} {x:.3f} ({cpu.get(k + ' (sys)', 0.0):.3f})" for k, x in sorted(cpu.items(), key=lambda x: -x[1])
+                         + ", ".join(f"{k} {x:.3f} ({min(x, cpu.get(k + ' (sys)', 0.0)):.3f})" for k, x in sorted(cpu.items(), key=lambda x: -x[1])
                                      if abs(x) >= 0.0005 and not k.endswith(" (sys)")))
         lines.append(f"- Idle Ray while decode-alone ran: {p['ray_idle_cores_during_alone']:.3f} cores.")
     m = res.get("memory")
@@ -1179,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V",
                     help="pipeline variant measured side by side (config overrides, job.CONST=..., ctx.FIELD=...), repeatable")
     ap.add_argument("--load-threshold", type=float, default=1.0, help="wait for the 1-min load to fall below this")
-    ap.add_argument("--max-wait", type=float, default=None, help="longest wait for a quiet machine, per section (s; default 600, 60 with --quick)")
+    ap.add_argument("--max-wait", type=float, default=None, help="longest wait for a quiet machine, per section (s; default 600, 0 with --quick)")
     ap.add_argument("--gpu", action="store_true", help="run the GPU engine benchmark instead (needs CUDA)")
     ap.add_argument("--gpu-engines", default="transformers,vllm", help="comma list: transformers,vllm")
     ap.add_argument("--gpu-videos", type=int, default=64, help="videos per GPU measurement")
@@ -1192,8 +1217,8 @@ def main(argv: list[str] | None = None) -> int:
     if args._decode_child:
         _decode_child(*args._decode_child)
         return 0
-    if args.max_wait is None:
-        args.max_wait = 60.0 if args.quick else 600.0
+    if args.max_wait is None:  # --quick must finish in 5 minutes: it records the load instead of waiting
+        args.max_wait = 0.0 if args.quick else 600.0
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_TMPDIR", str(ROOT / "tmp" / "ray"))
@@ -1212,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 reals, _ = real_clips()
                 clips = reals or generated_clips(work, 854, 480, 4)
-                n_large = 160 if args.quick else 320
+                n_large = (QUICK_PIPELINE_N if args.quick else FULL_PIPELINE_N)[1]
                 runner.start_pool([clips[i % len(clips)].read_bytes() for i in range(n_large)])
                 runner.init_ray(pack_samples(work, "real", clips, 32 if args.quick else 64, 16))
                 if "pipeline" in sections:
