@@ -740,7 +740,9 @@ class _Applied:
             key, _, raw = item.partition("=")
             if key.startswith("job.") or key.startswith("ctx."):
                 obj = job if key.startswith("job.") else ray.data.DataContext.get_current()
-                attr = key[4:]
+                *path, attr = key[4:].split(".")  # ctx.execution_options.actor_locality_enabled
+                for part in path:
+                    obj = getattr(obj, part)
                 self.undo.append((obj, attr, getattr(obj, attr)))
                 setattr(obj, attr, yaml.safe_load(raw))
             else:

@@ -78,7 +78,8 @@ class DecodeConfig(_Model):
     max_pixels: int = Field(QWEN_VIDEO_MAX_PIXELS, ge=28 * 28, description="Per-frame upper pixel bound (VIDEO_MAX_PIXELS).")
     total_pixels: int = Field(QWEN_VIDEO_TOTAL_PIXELS, ge=28 * 28, description="Budget over all frames (VIDEO_TOTAL_PIXELS); binds only for long clips.")
     threads: int = Field(1, ge=0, description="PyAV decoder threads per video (0 = FFmpeg auto).")
-    batch_size: int = Field(4, ge=1, description="Videos per decode batch (map_batches batch_size).")
+    batch_size: int = Field(8, ge=1, description="Videos per decode batch (map_batches batch_size): one output block of frames "
+                            "(~12 MB per 5 s clip at the reference size). Fewer, larger blocks cost Ray less per video (docs/performance.md).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
     actors: int | Literal["auto"] = Field(1, description="Decode actors (max of the autoscaling range); 'auto' = actors_per_engine x scoring actors, capped by the cluster's CPUs.")
     min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default: actors).")
@@ -158,6 +159,8 @@ class RayConfig(_Model):
     num_cpus: int | None = Field(None, description="CPUs of a new local Ray (None = all).")
     object_store_memory: int | None = Field(None, description="Object store bytes of a new local Ray.")
     progress_bars: bool = Field(True, description="Ray Data progress bars.")
+    actor_locality: bool | None = Field(None, description="Ray Data actor locality (route blocks to actors on the node that holds them). "
+                                        "None = off on the one-node local Ray that vscore starts (nothing to choose between; it costs a lookup actor), Ray's default (on) when connecting to a cluster.")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Extra env vars for Ray workers (no secrets here: they land in logs).")
 
 

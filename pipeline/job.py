@@ -62,6 +62,11 @@ def init_ray(cfg: ScoreConfig) -> None:
     ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
              include_dashboard=False, runtime_env=runtime_env, log_to_driver=True,
              _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS})
+    global _STARTED_LOCAL_RAY
+    _STARTED_LOCAL_RAY = True
+
+
+_STARTED_LOCAL_RAY = False  # set when init_ray started a one-node local Ray (not a cluster connection)
 
 
 def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = None,
@@ -74,6 +79,8 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     plan = plan or make_plan(cfg, ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
+    locality = cfg.ray.actor_locality
+    ctx.execution_options.actor_locality_enabled = (not _STARTED_LOCAL_RAY) if locality is None else locality
     index = {s: i for i, s in enumerate(all_shards or shards)}
     skip = skip or {}
     items = [{"shard": s, "shard_group": shard_group_of(index[s], cfg.output.shards_per_group), "skip": skip.get(s, [])}

@@ -109,3 +109,20 @@ def test_same_config_same_outputs(ray_local, packed, model_dir, tmp_path):  # no
     tb = {r["row_id"]: r["raw_output"] for r in _read(str(tmp_path / "b"), StorageOptions()).to_pylist()}
     assert a["run_id"] == b["run_id"] and ta == tb
     assert len({v for v in ta.values() if v}) > 1  # different videos, different seeds, different text
+
+
+@pytest.mark.parametrize("setting, local, expected", [(None, True, False), (None, False, True), (True, True, True), (False, False, False)])
+def test_actor_locality_follows_config_and_cluster(ray_local, packed, model_dir, monkeypatch, setting, local, expected):  # noqa: F811
+    """Actor locality is off by default only on the one-node Ray that vscore started itself."""
+    import ray.data
+
+    import pipeline.job as job
+
+    _, st = packed
+    cfg = _cfg(model_dir, st, "s3://vscore-test/e2e/unused")
+    cfg.ray.actor_locality = setting
+    monkeypatch.setattr(job, "_STARTED_LOCAL_RAY", local)
+    ctx = ray.data.DataContext.get_current()
+    monkeypatch.setattr(ctx.execution_options, "actor_locality_enabled", not expected)
+    job.build_dataset(cfg, ["s3://vscore-test/e2e/shards/shard-000000.tar"])
+    assert ctx.execution_options.actor_locality_enabled is expected
