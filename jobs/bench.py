@@ -1163,7 +1163,10 @@ def ratio_table(res: dict[str, Any]) -> list[str]:
 def write_results(path: Path, res: dict[str, Any], mode: str) -> None:
     m = res["machine"]
     v = m["versions"]
-    head = [f"## {m['date']}: `jobs/bench.py{' --quick' if mode == 'quick' else ''}{' --gpu' if res.get('gpu') else ''}`", "",
+    import shlex
+
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--no-write",))  # the exact command, to reproduce
+    head = [f"## {m['date']}: `jobs/bench.py{(' ' + args) if args else ''}`", "",
             f"- machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gib']} GiB RAM, GPU: {m['gpu']}",
             f"- versions: python {m['python']}, torch {v['torch']}, ray {v['ray']}, av {v['av']} ({v['av_ffmpeg']}), vllm {v['vllm']}, "
             f"transformers {v['transformers']}, decord {v['decord']}, qwen-vl-utils {v['qwen-vl-utils']}, ffmpeg CLI: {v['ffmpeg_cli']}",
