@@ -1165,7 +1165,7 @@ def write_results(path: Path, res: dict[str, Any], mode: str) -> None:
     v = m["versions"]
     import shlex
 
-    args = " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--no-write",))  # the exact command, to reproduce
+    args = " ".join(shlex.quote(a) for a in res.get("command", []))  # the exact command, to reproduce
     head = [f"## {m['date']}: `jobs/bench.py{(' ' + args) if args else ''}`", "",
             f"- machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gib']} GiB RAM, GPU: {m['gpu']}",
             f"- versions: python {m['python']}, torch {v['torch']}, ray {v['ray']}, av {v['av']} ({v['av_ffmpeg']}), vllm {v['vllm']}, "
@@ -1228,7 +1228,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_TMPDIR", str(ROOT / "tmp" / "ray"))
     t0 = time.time()
-    res: dict[str, Any] = {"machine": machine_info(), "mode": "quick" if args.quick else "full"}
+    cmd = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--no-write"]
+    res: dict[str, Any] = {"machine": machine_info(), "mode": "quick" if args.quick else "full", "command": cmd}
     if args.gpu or args.gpu_dry_cpu:
         args.gpu_engines = [e.strip() for e in args.gpu_engines.split(",") if e.strip()]
         args.gpu_hf_batch = [int(x) for x in str(args.gpu_hf_batch).split(",") if x]
