@@ -279,6 +279,7 @@ def _decode_child(spec_path: str, out_path: str) -> None:
     from pipeline.decode import decode_video
 
     cfg = DecodeConfig(threads=1)
+    cfg_skip = DecodeConfig(threads=1, skip_nonref=True)
     fetch_video = None
     if "qwen" in methods:
         import torch
@@ -307,6 +308,8 @@ def _decode_child(spec_path: str, out_path: str) -> None:
         c0, w0 = time.process_time(), time.perf_counter()
         if method == "vscore":
             decode_video(data, cfg)
+        elif method == "vscore_skip":
+            decode_video(data, cfg_skip)
         elif method == "qwen":
             import contextlib
 
@@ -351,7 +354,7 @@ def bench_decode(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         sets["real"] = [str(p) for p in reals]
     sets["gen-480p"] = [str(p) for p in generated_clips(work, 854, 480, n480)]
     sets["gen-720p"] = [str(p) for p in generated_clips(work, 1280, 720, n720)]
-    methods = ["vscore", "ffmpeg", "qwen", "pyav_all"] + ([] if args.quick else ["nonref"])
+    methods = ["vscore", "vscore_skip", "ffmpeg", "qwen", "pyav_all"] + ([] if args.quick else ["nonref"])
     floor = "ffmpeg"
     if not shutil.which("ffmpeg"):
         methods.remove("ffmpeg")
@@ -1113,6 +1116,11 @@ def ratio_table(res: dict[str, Any]) -> list[str]:
                 f"| {name} | {v['clips']} | {_fmt(v['vps_cpu'])} ({_fmt(v['vps_wall'])}) | {_fmt(f['vps_cpu']) if f else 'n/a'} ({_fmt(f['vps_wall']) if f else 'n/a'}) | "
                 f"{_fmt(q['vps_cpu']) if q else 'n/a'} ({_fmt(q['vps_wall']) if q else 'n/a'}) | {_fmt(pa_['vps_cpu']) if pa_ else 'n/a'} | "
                 f"**{_fmt(v['vps_cpu'] / f['vps_cpu']) if f else 'n/a'}x** (target >= 0.8) | **{_fmt(v['vps_cpu'] / q['vps_cpu']) if q else 'n/a'}x** (target >= 2) |")
+        if any("vscore_skip" in s for s in d["sets"].values()):
+            lines += ["", "decode.skip_nonref=true (frame-exact, byte-identical frames; opt-in): " + ", ".join(
+                f"{n} {s['vscore_skip']['vps_cpu']:.2f}/s = **{s['vscore_skip']['vps_cpu'] / s['vscore']['vps_cpu']:.2f}x** vscore default"
+                + (f", {s['vscore_skip']['vps_cpu'] / s[floor]['vps_cpu']:.2f}x floor" if floor in s else "")
+                for n, s in d["sets"].items() if "vscore_skip" in s)]
         if any("nonref" in s for s in d["sets"].values()):
             lines += ["", "skip_frame=NONREF decode-all (not frame-exact, informational): " + ", ".join(
                 f"{n} {s['nonref']['vps_cpu']:.2f}/s = {s['nonref']['vps_cpu'] / s['pyav_all']['vps_cpu']:.2f}x decode-all" for n, s in d["sets"].items() if "nonref" in s)]

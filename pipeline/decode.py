@@ -311,6 +311,70 @@ def _sample_aspect_ratio(stream: av.video.stream.VideoStream) -> float:
     return 1.0
 
 
+class _Keeper:
+    """The kept frames of one pass: the output size is decided on the first decoded frame (index 0 is
+    always kept), as decord does, after the last safety check on its real size; each kept frame is
+    converted and resized once (swscale, straight to RGB at the target size) into the output array."""
+
+    def __init__(self, stream: av.video.stream.VideoStream, n: int, cfg: DecodeConfig) -> None:
+        self.stream, self.n, self.cfg = stream, n, cfg
+        self.out: np.ndarray | None = None
+        self.size: tuple[int, int] | None = None
+        self.geo = _Geometry()
+        self.info: dict[str, Any] = {"rotation": 0, "mirrored": False, "sar": 1.0}
+        self.reformatter = VideoReformatter()  # one swscale context reused for every kept frame
+
+    def first(self, frame: av.VideoFrame) -> None:
+        cfg = self.cfg
+        _check_pixels(frame.width, frame.height, cfg)  # FFmpeg's max_pixels already refused anything larger
+        self.info["rotation"] = int(frame.rotation or 0)
+        mg = _matrix_geometry(_display_matrix(frame))
+        self.info["mirrored"] = bool(mg) and (mg[0] + mg[1] + mg[2]) % 2 == 1  # odd number of reflections
+        self.info["sar"] = _sample_aspect_ratio(self.stream)
+        if cfg.apply_rotation:
+            self.geo = _Geometry(*(mg or (False, False, False)), sar=self.info["sar"])
+        dw, dh = self.geo.display_size(frame.width, frame.height)
+        min_px, max_px = frame_pixel_bounds(self.n, cfg)
+        try:
+            size = smart_resize(dh, dw, min_pixels=min_px, max_pixels=max_px)
+        except ValueError as e:
+            raise DecodeError(one_line(e)) from None
+        if size[0] <= 0 or size[1] <= 0:
+            raise DecodeError(f"frame size {dw}x{dh} resizes to {size[1]}x{size[0]}")
+        self.size = size
+        self.out = np.empty((self.n, size[0], size[1], 3), dtype=np.uint8)
+
+    def keep(self, frame: av.VideoFrame, positions: list[int]) -> None:
+        assert self.out is not None and self.size is not None
+        # swscale resizes in the coded orientation (a transposing display matrix swaps the target) and scales
+        # non-square pixels through the target size; then the turn/mirror is applied.
+        th, tw = (self.size[1], self.size[0]) if self.geo.transpose else self.size
+        rgb = self.reformatter.reformat(frame, width=tw, height=th, format="rgb24", interpolation=RESIZE_INTERPOLATION,
+                                        threads=self.cfg.threads).to_ndarray()
+        rgb = self.geo.apply(rgb)
+        for pos in positions:
+            self.out[pos] = rgb
+
+
+def _setup_decoder(stream: av.video.stream.VideoStream, cfg: DecodeConfig) -> None:
+    cc = stream.codec_context
+    cc.options = {**(cc.options or {}), **_decoder_options(cfg)}
+    if cfg.threads == 1:
+        cc.thread_type = "NONE"
+        cc.thread_count = 1
+    else:
+        cc.thread_type = "AUTO"
+        cc.thread_count = cfg.threads  # 0 = FFmpeg picks
+
+
+def _positions(indices: list[int]) -> dict[int, list[int]]:
+    """frame index -> output positions (an index may repeat in the plan of a very short clip)."""
+    want: dict[int, list[int]] = {}
+    for pos, fi in enumerate(indices):
+        want.setdefault(fi, []).append(pos)
+    return want
+
+
 def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: DecodeConfig,
                  deadline: _Deadline, container: av.container.InputContainer | None = None,
                  ) -> tuple[np.ndarray | None, int, dict[str, Any], tuple[int, int] | None, str | None]:
@@ -323,61 +387,21 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
         container = _open(data, cfg, deadline)
     try:
         stream = container.streams[stream_index]
-        cc = stream.codec_context
-        cc.options = {**(cc.options or {}), **_decoder_options(cfg)}
-        if cfg.threads == 1:
-            cc.thread_type = "NONE"
-            cc.thread_count = 1
-        else:
-            cc.thread_type = "AUTO"
-            cc.thread_count = cfg.threads  # 0 = FFmpeg picks
-        want: dict[int, list[int]] = {}
-        for pos, fi in enumerate(indices):
-            want.setdefault(fi, []).append(pos)
+        _setup_decoder(stream, cfg)
+        want = _positions(indices)
         last = max(indices)
-        n = len(indices)
-        out: np.ndarray | None = None
-        size: tuple[int, int] | None = None
-        geo = _Geometry()
-        info: dict[str, Any] = {"rotation": 0, "mirrored": False, "sar": 1.0}
-        reformatter = VideoReformatter()  # one swscale context reused for every kept frame
+        keeper = _Keeper(stream, len(indices), cfg)
         decoded = 0
         last_error: str | None = None
         try:
             for frame in container.decode(stream):
                 i = decoded
                 decoded += 1
-                if out is None:
-                    # First frame (index 0 is always kept): decide the output size from what the decoder
-                    # produces, as decord does, after the last safety check on its real size (FFmpeg's
-                    # max_pixels already refused to allocate anything larger).
-                    _check_pixels(frame.width, frame.height, cfg)
-                    info["rotation"] = int(frame.rotation or 0)
-                    mg = _matrix_geometry(_display_matrix(frame))
-                    info["mirrored"] = bool(mg) and (mg[0] + mg[1] + mg[2]) % 2 == 1  # odd number of reflections
-                    info["sar"] = _sample_aspect_ratio(stream)
-                    if cfg.apply_rotation:
-                        geo = _Geometry(*(mg or (False, False, False)), sar=info["sar"])
-                    dw, dh = geo.display_size(frame.width, frame.height)
-                    min_px, max_px = frame_pixel_bounds(n, cfg)
-                    try:
-                        size = smart_resize(dh, dw, min_pixels=min_px, max_pixels=max_px)
-                    except ValueError as e:
-                        raise DecodeError(one_line(e)) from None
-                    if size[0] <= 0 or size[1] <= 0:
-                        raise DecodeError(f"frame size {dw}x{dh} resizes to {size[1]}x{size[0]}")
-                    out = np.empty((n, size[0], size[1], 3), dtype=np.uint8)
+                if keeper.out is None:
+                    keeper.first(frame)
                 positions = want.get(i)
                 if positions:
-                    # swscale resizes in the coded orientation (a transposing display matrix swaps the target)
-                    # and scales non-square pixels through the target size; then the turn/mirror is applied.
-                    th, tw = (size[1], size[0]) if geo.transpose else size
-                    rgb = reformatter.reformat(frame, width=tw, height=th, format="rgb24",
-                                               interpolation=RESIZE_INTERPOLATION,
-                                               threads=cfg.threads).to_ndarray()
-                    rgb = geo.apply(rgb)
-                    for pos in positions:
-                        out[pos] = rgb
+                    keeper.keep(frame, positions)
                 if i >= last:
                     break
                 deadline.check(f"decoding frame {decoded}")
@@ -387,8 +411,85 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
             deadline.check(f"decoding frame {decoded}")
             last_error = _av_msg(e)
         if decoded <= last:
-            return None, decoded, info, size, last_error
-        return out, decoded, info, size, last_error
+            return None, decoded, keeper.info, keeper.size, last_error
+        return keeper.out, decoded, keeper.info, keeper.size, last_error
+    finally:
+        container.close()
+
+
+# Codecs whose "non-reference" flag means what the skip pass needs: no other frame is predicted from it.
+_SKIP_NONREF_CODECS = {"h264"}
+
+
+def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int], cfg: DecodeConfig,
+                             deadline: _Deadline, container: av.container.InputContainer | None = None,
+                             ) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]] | None:
+    """The same kept frames as `_decode_pass`, without decoding the non-reference frames nobody keeps.
+
+    Written here because no library does it frame-exactly: FFmpeg's `skip_frame=NONREF` drops every
+    non-reference frame (kept ones too) and renumbers the rest. Here the skip is switched off for the
+    packets of kept frames only. A frame's index in the full pass (the decoder's output order) is the rank
+    of its pts among all packets' pts, which holds when every packet is one frame, shown in pts order:
+    checked up front (H.264, no frame threading, no discard-flagged or pts-less packet, unique pts, the
+    first packet a keyframe with the smallest pts, so no leading frames, enough packets for the plan) and
+    after (every kept pts produced, in increasing order, no decoder error). Any doubt returns None and the
+    caller runs the full pass. Skipped frames are never referenced, so every decoded frame is bit-identical
+    to the full pass (tested on every fixture: tests/test_decode.py)."""
+    if container is None:
+        container = _open(data, cfg, deadline)
+    try:
+        stream = container.streams[stream_index]
+        if cfg.threads != 1 or stream.codec_context is None or stream.codec_context.name not in _SKIP_NONREF_CODECS:
+            return None
+        _setup_decoder(stream, cfg)
+        packets = []
+        try:
+            for pkt in container.demux(stream):
+                if pkt.size:
+                    if pkt.pts is None or pkt.is_discard or pkt.is_corrupt:
+                        return None
+                    packets.append(pkt)
+                    if len(packets) % 256 == 0:
+                        deadline.check("reading packets")
+        except av.FFmpegError:
+            return None
+        pts = sorted(p.pts for p in packets)
+        last = max(indices)
+        if (indices[0] != 0 or len(packets) <= last or len(set(pts)) != len(pts) or not packets[0].is_keyframe
+                or packets[0].pts != pts[0]):
+            return None
+        want = {pts[i]: positions for i, positions in _positions(indices).items()}
+        keeper = _Keeper(stream, len(indices), cfg)
+        cc = stream.codec_context
+        got: list[int] = []
+
+        def take(frames: list[av.VideoFrame]) -> None:
+            for frame in frames:
+                keeper.info["frames_decoded"] = keeper.info.get("frames_decoded", 0) + 1
+                positions = want.get(frame.pts)
+                if positions is None:
+                    continue  # a reference frame nobody keeps
+                if keeper.out is None:
+                    keeper.first(frame)
+                keeper.keep(frame, positions)
+                got.append(frame.pts)
+
+        try:
+            for pkt in packets:
+                cc.skip_frame = "DEFAULT" if pkt.pts in want else "NONREF"
+                take(cc.decode(pkt))
+                if len(got) == len(want):
+                    break
+                deadline.check(f"decoding frame {len(got)}")
+            else:
+                take(cc.decode(None))  # drain the reorder buffer
+        except av.FFmpegError:
+            return None
+        finally:
+            cc.skip_frame = "DEFAULT"
+        if got != sorted(want) or keeper.out is None or keeper.size is None:
+            return None
+        return keeper.out, keeper.info, keeper.size
     finally:
         container.close()
 
@@ -453,18 +554,25 @@ def _decode_video(data: bytes, cfg: DecodeConfig, max_bytes: int | None = None) 
     if p.frames_from != "metadata":
         container.close()
         container = None
-    frames, decoded, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline, container=container)
+    fast = None
+    if cfg.skip_nonref:
+        fast = _decode_pass_skip_nonref(data, p.stream_index, indices, cfg, deadline, container=container)
+        container = None  # consumed either way; a full pass opens afresh
     replanned = False
-    if frames is None:
-        if decoded < 2:
-            why = f": {err}" if err else ""
-            raise DecodeError(f"only {decoded} decodable frame(s) (metadata said {total}){why}")
-        total = decoded
-        indices = _sample_indices(total, p.fps, cfg, "cannot sample frames after truncation")
-        frames, decoded2, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline)
+    if fast is not None:
+        frames, info, size = fast
+    else:
+        frames, decoded, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline, container=container)
         if frames is None:
-            raise DecodeError(f"stream not decodable consistently ({decoded} then {decoded2} frames)")
-        replanned = True
+            if decoded < 2:
+                why = f": {err}" if err else ""
+                raise DecodeError(f"only {decoded} decodable frame(s) (metadata said {total}){why}")
+            total = decoded
+            indices = _sample_indices(total, p.fps, cfg, "cannot sample frames after truncation")
+            frames, decoded2, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline)
+            if frames is None:
+                raise DecodeError(f"stream not decodable consistently ({decoded} then {decoded2} frames)")
+            replanned = True
     assert size is not None
     return DecodedVideo(frames=frames, indices=indices, total_frames=total, src_fps=p.fps,
                         duration_s=total / p.fps, width=size[1], height=size[0], rotation=info["rotation"],
