@@ -40,13 +40,14 @@ angles are not applied (players would rotate with black corners).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import av
 import numpy as np
@@ -105,6 +106,7 @@ class _Probe:
     coded_height: int
     meta_duration_s: float | None
     frames_from: str  # "metadata" or "packets"
+    codec: str = ""  # FFmpeg decoder name (h264, hevc, vp9, ...)
 
 
 _clock = time.monotonic  # module-level so tests can drive the decode timeout with a fake clock
@@ -216,7 +218,7 @@ def _probe(container: av.container.InputContainer, cfg: DecodeConfig, deadline: 
         raise DecodeError("video stream has no frames")
     if total / fps > cfg.max_duration_s:
         raise DecodeError(f"duration {total / fps:.1f}s exceeds max_duration_s={cfg.max_duration_s:g}")
-    return _Probe(stream.index, total, fps, w, h, dur, source)
+    return _Probe(stream.index, total, fps, w, h, dur, source, cc.name)
 
 
 def probe_video(data: bytes, cfg: DecodeConfig | None = None) -> dict[str, Any]:
@@ -367,6 +369,21 @@ def _setup_decoder(stream: av.video.stream.VideoStream, cfg: DecodeConfig) -> No
         cc.thread_count = cfg.threads  # 0 = FFmpeg picks
 
 
+@contextlib.contextmanager
+def _decoding(data: bytes, stream_index: int, cfg: DecodeConfig, deadline: _Deadline,
+              container: av.container.InputContainer | None) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """The container (the one given, or a fresh open of `data`) and its video stream set up for decoding;
+    the container is closed on exit."""
+    if container is None:
+        container = _open(data, cfg, deadline)
+    try:
+        stream = container.streams[stream_index]
+        _setup_decoder(stream, cfg)
+        yield container, stream
+    finally:
+        container.close()
+
+
 def _positions(indices: list[int]) -> dict[int, list[int]]:
     """frame index -> output positions (an index may repeat in the plan of a very short clip)."""
     want: dict[int, list[int]] = {}
@@ -383,11 +400,7 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
     before the last index. `container`: an open container nothing has been demuxed from yet (the probe's,
     when it read the frame count from metadata); it is closed here. Otherwise the container is opened
     afresh (the probe demuxed it for counting). No seek anywhere."""
-    if container is None:
-        container = _open(data, cfg, deadline)
-    try:
-        stream = container.streams[stream_index]
-        _setup_decoder(stream, cfg)
+    with _decoding(data, stream_index, cfg, deadline, container) as (container, stream):
         want = _positions(indices)
         last = max(indices)
         keeper = _Keeper(stream, len(indices), cfg)
@@ -413,12 +426,15 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
         if decoded <= last:
             return None, decoded, keeper.info, keeper.size, last_error
         return keeper.out, decoded, keeper.info, keeper.size, last_error
-    finally:
-        container.close()
 
 
 # Codecs whose "non-reference" flag means what the skip pass needs: no other frame is predicted from it.
 _SKIP_NONREF_CODECS = {"h264"}
+
+
+def _skip_nonref_applies(cfg: DecodeConfig, codec: str) -> bool:
+    """Whether `_decode_pass_skip_nonref` may try at all: asked, no frame threading, a covered codec."""
+    return cfg.skip_nonref and cfg.threads == 1 and codec in _SKIP_NONREF_CODECS
 
 
 def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int], cfg: DecodeConfig,
@@ -434,14 +450,10 @@ def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int],
     first packet a keyframe with the smallest pts, so no leading frames, enough packets for the plan) and
     after (every kept pts produced, in increasing order, no decoder error). Any doubt returns None and the
     caller runs the full pass. Skipped frames are never referenced, so every decoded frame is bit-identical
-    to the full pass (tested on every fixture: tests/test_decode.py)."""
-    if container is None:
-        container = _open(data, cfg, deadline)
-    try:
-        stream = container.streams[stream_index]
-        if cfg.threads != 1 or stream.codec_context is None or stream.codec_context.name not in _SKIP_NONREF_CODECS:
+    to the full pass (tested on every fixture: tests/test_skip_nonref.py)."""
+    with _decoding(data, stream_index, cfg, deadline, container) as (container, stream):
+        if not _skip_nonref_applies(cfg, stream.codec_context.name):
             return None
-        _setup_decoder(stream, cfg)
         packets = []
         try:
             for pkt in container.demux(stream):
@@ -490,8 +502,6 @@ def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int],
         if got != sorted(want) or keeper.out is None or keeper.size is None:
             return None
         return keeper.out, keeper.info, keeper.size
-    finally:
-        container.close()
 
 
 def _sample_indices(total: int, fps: float, cfg: DecodeConfig, what: str) -> list[int]:
@@ -555,7 +565,7 @@ def _decode_video(data: bytes, cfg: DecodeConfig, max_bytes: int | None = None) 
         container.close()
         container = None
     fast = None
-    if cfg.skip_nonref:
+    if _skip_nonref_applies(cfg, p.codec):  # decided from the probe: no container wasted on other codecs
         fast = _decode_pass_skip_nonref(data, p.stream_index, indices, cfg, deadline, container=container)
         container = None  # consumed either way; a full pass opens afresh
     replanned = False

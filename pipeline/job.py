@@ -47,6 +47,8 @@ WRITE_NUM_CPUS = 0.1
 # --system-config` (docs/performance.md).
 IDLE_WORKER_KEEP_MS = 60_000
 
+_STARTED_LOCAL_RAY = False  # set when init_ray started a one-node local Ray (not a cluster connection)
+
 
 def init_ray(cfg: ScoreConfig) -> None:
     if ray.is_initialized():
@@ -64,9 +66,6 @@ def init_ray(cfg: ScoreConfig) -> None:
              _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS})
     global _STARTED_LOCAL_RAY
     _STARTED_LOCAL_RAY = True
-
-
-_STARTED_LOCAL_RAY = False  # set when init_ray started a one-node local Ray (not a cluster connection)
 
 
 def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = None,

@@ -23,11 +23,10 @@ from pipeline.chat import (
 )
 from pipeline.engines.base import EngineOutput, EngineRequest
 from pipeline.engines.sampling import resolve_sampling
+from pipeline.schema import one_line
 
 if TYPE_CHECKING:
     from pipeline.config import EngineConfig, SamplingConfig
-
-from pipeline.schema import one_line
 
 log = logging.getLogger(__name__)
 
