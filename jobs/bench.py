@@ -413,7 +413,38 @@ def _kind(title: str) -> str:
     return "Ray system"  # raylet, gcs_server, dashboard/log_monitor/monitor python processes
 
 
-class ProcSampler:
+class _Poller:
+    """A daemon thread calling `poll()` every `every` seconds between `__enter__` and `__exit__`. Its own
+    CPU time at the end (`self_cpu`) is benchmark bookkeeping, kept apart from the driver's."""
+
+    every = 0.25
+    join_timeout: float | None = None
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.self_cpu = 0.0
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.poll()
+        self.self_cpu = time.thread_time()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=self.join_timeout)
+
+
+class ProcSampler(_Poller):
     """Samples the process tree under the driver: CPU seconds by kind (deltas between samples, so
     processes that exit lose at most one interval), peak RSS of the driver and of everything else, and
     (every `pss_every` samples, if set) the PSS sum, which counts shared object-store pages once."""
@@ -421,18 +452,16 @@ class ProcSampler:
     def __init__(self, every: float = 0.5, pss_every: int = 0) -> None:
         import psutil
 
+        super().__init__()
         self.psutil = psutil
         self.root = psutil.Process(os.getpid())
         self.every, self.pss_every = every, pss_every
         self.last: dict[int, tuple[float, float]] = {}
         self.cpu: dict[str, float] = {}
         self.peak = {"driver_rss": 0, "others_rss_sum": 0, "others_rss_max1": 0, "pss_sum": 0, "driver_pss": 0}
-        self._stop = threading.Event()
         self._n = 0
-        self.self_cpu = 0.0
         self.series: list[tuple[float, dict[str, float]]] = []  # (time, cumulative CPU-s by kind)
         self.peak_by_kind: dict[str, int] = {}
-        self._thread: threading.Thread | None = None
 
     def sample(self, count: bool = True) -> None:
         ps = self.psutil
@@ -481,23 +510,16 @@ class ProcSampler:
         self.peak["others_rss_max1"] = max(self.peak["others_rss_max1"], rss_max)
         self.peak["pss_sum"] = max(self.peak["pss_sum"], pss_sum)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.sample()
-        self.self_cpu = time.thread_time()  # this thread's own CPU, excluded from the driver's below
+    poll = sample
 
     def __enter__(self) -> "ProcSampler":
         self.sample(count=False)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
+        super().__exit__(*exc)
         self.sample()
-        self.exclude_from_driver(self.self_cpu)
+        self.exclude_from_driver(self.self_cpu)  # the sampling thread's own CPU is not the driver's
 
     def window(self, t0: float, t1: float) -> dict[str, float]:
         """CPU-seconds by kind spent between t0 and t1 (nearest samples), the sampler's own CPU taken out of
@@ -577,44 +599,32 @@ def _first_commit_s(out: str, t_start: float) -> float | None:
     return min(ms) - t_start if ms else None
 
 
-class RowsWatcher:
+class RowsWatcher(_Poller):
     """Polls the run's stats actor (`vscore-stats-*`, rows_scored) every 0.25 s: the time to the first
     scored row (job start-up: plan, actors, first decode batch) and the in-run rate between 25% and 90%
     of the rows (steady state, a second estimate next to the large-minus-small difference)."""
 
-    def __init__(self) -> None:
-        self.series: list[tuple[float, float]] = []
-        self.self_cpu = 0.0
-        self._stop = threading.Event()
-        self._t: threading.Thread | None = None
+    join_timeout = 10.0
 
-    def _run(self) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.series: list[tuple[float, float]] = []
+        self._handle = None
+
+    def poll(self) -> None:
         import ray
 
-        handle = None
-        while not self._stop.wait(0.25):
-            try:
-                if handle is None:
-                    names = [a["name"] if isinstance(a, dict) else a for a in ray.util.list_named_actors()]
-                    name = next((x for x in names if str(x).startswith("vscore-stats-")), None)
-                    if name is None:
-                        continue
-                    handle = ray.get_actor(name)
-                snap = ray.get(handle.snapshot.remote(), timeout=5)
-                self.series.append((time.time(), float(snap.get("rows_scored", 0))))
-            except Exception:  # noqa: BLE001 - the actor is killed at the end of the run
-                handle = None
-        self.self_cpu = time.thread_time()
-
-    def __enter__(self) -> "RowsWatcher":
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._t:
-            self._t.join(timeout=10)
+        try:
+            if self._handle is None:
+                names = [a["name"] if isinstance(a, dict) else a for a in ray.util.list_named_actors()]
+                name = next((x for x in names if str(x).startswith("vscore-stats-")), None)
+                if name is None:
+                    return
+                self._handle = ray.get_actor(name)
+            snap = ray.get(self._handle.snapshot.remote(), timeout=5)
+            self.series.append((time.time(), float(snap.get("rows_scored", 0))))
+        except Exception:  # noqa: BLE001 - the actor is killed at the end of the run
+            self._handle = None
 
     def summary(self, t0: float, n: int) -> dict[str, Any]:
         def first_at(rows: float) -> float | None:
