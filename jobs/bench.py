@@ -210,16 +210,17 @@ def encode_clip(width: int, height: int, fps: float = 24.0, seconds: float = 5.0
     return buf.getvalue()
 
 
-def generated_clips(work: Path, width: int, height: int, count: int, seconds: float = 5.0, fps: float = 24.0) -> list[Path]:
+def generated_clips(work: Path, width: int, height: int, count: int, seconds: float = 5.0, fps: float = 24.0,
+                    preset: str = "medium") -> list[Path]:
     """`count` clips (different seeds), cached under work/clips."""
     d = work / "clips"
     d.mkdir(parents=True, exist_ok=True)
     out = []
     for seed in range(count):
-        p = d / f"gen-{width}x{height}-{fps:g}fps-{seconds:g}s-crf23-medium-s{seed}.mp4"
+        p = d / f"gen-{width}x{height}-{fps:g}fps-{seconds:g}s-crf23-{preset}-s{seed}.mp4"
         if not p.exists():
             t = time.time()
-            data = encode_clip(width, height, fps, seconds, seed=seed)
+            data = encode_clip(width, height, fps, seconds, seed=seed, preset=preset)
             tmp = p.with_suffix(".tmp")
             tmp.write_bytes(data)
             tmp.rename(p)
@@ -230,15 +231,7 @@ def generated_clips(work: Path, width: int, height: int, count: int, seconds: fl
 
 def tiny_clips(work: Path, count: int = 4) -> list[Path]:
     """Small cheap clips for the memory runs: 160x120, 8 fps, 2 s (16 frames -> 4 kept)."""
-    d = work / "clips"
-    d.mkdir(parents=True, exist_ok=True)
-    out = []
-    for seed in range(count):
-        p = d / f"tiny-160x120-8fps-2s-s{seed}.mp4"
-        if not p.exists():
-            p.write_bytes(encode_clip(160, 120, fps=8.0, seconds=2.0, seed=seed, preset="veryfast"))
-        out.append(p)
-    return out
+    return generated_clips(work, 160, 120, count, seconds=2.0, fps=8.0, preset="veryfast")
 
 
 def clip_info(p: Path) -> dict[str, Any]:
