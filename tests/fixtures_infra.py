@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.s3_server import EmbeddedS3
+from pipeline.dev.s3_server import EmbeddedS3
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,4 +1,4 @@
-"""Session fixture: the tiny random Qwen2.5-VL checkpoint (pipeline.tiny_model), built once per session.
+"""Session fixture: the tiny random Qwen2.5-VL checkpoint (pipeline.dev.tiny_model), built once per session.
 
 Import it where needed: `from tests.fixtures_model import tiny_model_dir  # noqa: F401`.
 Also sets the offline / vLLM-on-CPU environment defaults (only where the caller has not set them),
@@ -32,6 +32,6 @@ for _k, _v in {
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Directory of the tiny checkpoint (seed 0): loads like TIGER-Lab/VideoScore2 in transformers and vLLM."""
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.dev.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen25vl") / "model", seed=0)

@@ -4,7 +4,7 @@ outcome in a run.
 
 `build_fixture_set(dest)` writes every case into `dest` (named `<case>.<ext>`: the extension is the shard
 member extension, so a WebM "named .mp4" really travels as `.mp4`) plus a `manifest.jsonl` that
-`pipeline.shards.pack` understands (`file`, `prompt`, and the expectation as metadata). The `media_set`
+`pipeline.stages.read.pack` understands (`file`, `prompt`, and the expectation as metadata). The `media_set`
 pytest fixture builds it once per test session.
 
 Clips are small (mostly 2 s or less, 64-288 px) except the one case whose point is size (8192x8192, 2 frames).
@@ -327,7 +327,7 @@ def case_bytes(name: str) -> bytes:
 
 
 def build_fixture_set(dest: str | Path) -> list[dict]:
-    """Write every case and a manifest.jsonl (for pipeline.shards.pack) into `dest`; return the manifest."""
+    """Write every case and a manifest.jsonl (for pipeline.stages.read.pack) into `dest`; return the manifest."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     manifest = []

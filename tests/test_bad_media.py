@@ -18,8 +18,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.config import DecodeConfig, ScoreConfig
-from pipeline.decode import DecodeError, DecodeStage, decode_video, probe_video
-from pipeline.frames import frame_indices, smart_nframes
+from pipeline.video.decode import DecodeError, decode_video, probe_video
+from pipeline.stages.decode import DecodeStage
+from pipeline.vs2.frames import frame_indices, smart_nframes
 from pipeline.schema import make_row_id
 from tests.media import decode_all_frames
 from tests.media_fixtures import (
@@ -194,7 +195,7 @@ def test_max_duration_with_and_without_a_container_frame_count():
 
 def test_decode_timeout(monkeypatch):
     """A fake clock that advances 1 s per reading: the budget runs out mid-decode, between frames."""
-    import pipeline.decode as dec
+    import pipeline.video.decode as dec
 
     data = case_bytes("hevc_8bit")
     with pytest.raises(DecodeError, match=r"decode timeout: over decode_timeout_s=1e-06s"):
@@ -235,7 +236,7 @@ _MEMORY_PROBE = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[1])
     from pipeline.config import DecodeConfig
-    from pipeline.decode import DecodeError, decode_video
+    from pipeline.video.decode import DecodeError, decode_video
 
     def status_mb(field):  # VmHWM (peak) / VmRSS of this process's own address space, in MB
         for line in open("/proc/self/status"):
@@ -300,7 +301,7 @@ _FUZZ = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     from pipeline.config import DecodeConfig
-    from pipeline.decode import DecodeError, decode_video
+    from pipeline.video.decode import DecodeError, decode_video
     from tests.media_fixtures import CASES, case_bytes
     rng = np.random.default_rng(int(sys.argv[2]))
     names = [c.name for c in CASES if c.name not in ("big_8192", "zero_bytes")]
@@ -347,7 +348,7 @@ def test_mutated_fixtures_never_crash():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.dev.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -355,8 +356,8 @@ def model_dir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_run_over_the_fixture_set(ray_local, media_set, model_dir, tmp_path):  # noqa: F811
-    from pipeline.job import run
-    from pipeline.shards import pack
+    from pipeline.run.job import run
+    from pipeline.tools.pack import pack
 
     shards = pack(media_set, str(tmp_path / "shards"), shard_size=6)
     n_packed = sum(s["samples"] for s in shards)

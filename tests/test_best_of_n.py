@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.best_of_n import best_of_n, select_best
+from pipeline.tools.best_of_n import best_of_n, select_best
 from pipeline.cli import main
 from pipeline.schema import rows_to_table
 

@@ -49,7 +49,7 @@ def test_run_id_follows_score_affecting_settings_only():
 
 
 def test_resource_plan_from_cluster():
-    from pipeline.plan import make_plan
+    from pipeline.run.plan import make_plan
 
     cfg = load_config(REPO / "configs" / "cluster-s3.yaml", ["engine.actors=auto", "decode.actors=auto", "decode.actors_per_engine=8"])
     plan = make_plan(cfg, {"CPU": 96.0, "GPU": 4.0})
@@ -64,7 +64,7 @@ def test_resource_plan_from_cluster():
 
 
 def test_progress_eta():
-    from pipeline.stats import progress
+    from pipeline.run.stats import progress
 
     p = progress({"elapsed_s": 10.0, "rows_scored": 20, "rows_read": 30, "shards_read": 3, "output_tokens": 500,
                   "errors_decode": 2}, total_shards=10)

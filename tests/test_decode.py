@@ -1,4 +1,4 @@
-"""pipeline.decode: real clips encoded in memory with PyAV, the bundled sample videos, bad media, the
+"""pipeline.video.decode and the decode stage: real clips encoded in memory with PyAV, the bundled sample videos, bad media, the
 DecodeStage batch contract, and one real Ray Data run."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import DecodeConfig
-from pipeline.decode import DecodedVideo, DecodeError, DecodeStage, decode_video, probe_video
-from pipeline.frames import frame_indices, plan_frames, smart_nframes
+from pipeline.video.decode import DecodedVideo, DecodeError, decode_video, probe_video
+from pipeline.stages.decode import DecodeStage
+from pipeline.vs2.frames import frame_indices, plan_frames, smart_nframes
 from tests.media import (
     decode_all_frames,
     encode_audio_only,
@@ -331,7 +332,7 @@ def ray_local():
 def test_ray_data_map_batches(ray_local, clip_320):
     import ray.data
 
-    from pipeline.decode import _frames_type
+    from pipeline.stages.decode import _frames_type
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     small = encode_video(160, 96, 10, nframes=20)

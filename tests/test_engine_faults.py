@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 
 from pipeline.config import ScoreConfig
-from pipeline.job import run
-from pipeline.shards import pack
+from pipeline.run.job import run
+from pipeline.tools.pack import pack
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 

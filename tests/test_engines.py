@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.chat import video_token_count
+from pipeline.vs2.chat import video_token_count
 from pipeline.config import EngineConfig, SamplingConfig
-from pipeline.engines.base import EngineOutput, EngineRequest, make_engine
+from pipeline.engines.base import EngineOutput, EngineRequest
+from pipeline.engines.registry import make_engine
 
 USER_TEXT = "Rate this video.\nVideo prompt: a cat walks on the grass"
 SMALL = (4, 56, 84, 3)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.evaluate import (
+from pipeline.tools.evaluate import (
     average_ranks, evaluate, judge, mj_remap_tp, mj_remap_v, normalise_preference, pearson, round_clamp, spearman,
 )
 from pipeline.schema import rows_to_table

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import StorageOptions
-from pipeline.filter import ExpressionError, compile_where, filter_scores
+from pipeline.tools.filter import ExpressionError, compile_where, filter_scores
 from pipeline.schema import COLUMNS, make_row_id, rows_to_table
-from pipeline.shards import filesystem, tar_bytes
+from pipeline.storage import filesystem
+from pipeline.stages.read import tar_bytes
 
 BUCKET = "vscore-test"
 RUN = "vs2-filtertest01"
@@ -144,7 +145,7 @@ def test_filter_s3_to_s3(corpus, capsys):
 
     # the new shards are readable by the pipeline's own reader (what `vscore score` would read next)
     from pipeline.config import InputConfig
-    from pipeline.shards import iter_shard
+    from pipeline.stages.read import iter_shard
 
     cfg = InputConfig(shards=written[0]["url"], storage=st)
     back = list(iter_shard(written[0]["url"], "g00000", cfg))

@@ -1,4 +1,4 @@
-"""pipeline.frames: the qwen-vl-utils 0.0.14 frame plan, with hand-computed expectations, then (when
+"""pipeline.vs2.frames: the qwen-vl-utils 0.0.14 frame plan, with hand-computed expectations, then (when
 qwen_vl_utils is importable) an exhaustive-ish comparison against the real `vision_process` functions."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import types
 import pytest
 
 from pipeline.config import DecodeConfig
-from pipeline.frames import (
+from pipeline.vs2.frames import (
     FramePlan,
     ceil_by_factor,
     floor_by_factor,

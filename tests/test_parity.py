@@ -5,7 +5,7 @@
    `decode_video` on real clips and generated edge cases: identical frame count, indices and resized
    size; pixel values within a stated tolerance. The official path resizes float RGB with torchvision's
    bicubic antialiased resize; we resize with FFmpeg's swscale bicubic straight from YUV to RGB24 (one
-   pass, only the kept frames: see pipeline/decode.py), so pixels differ slightly: we require a mean
+   pass, only the kept frames: see pipeline/video/decode.py), so pixels differ slightly: we require a mean
    absolute difference under 3 levels (of 255; under 5 where a tiny source is upscaled more than 4x in
    area) and a 99th percentile under 24 per clip. Measured: mean 0.7-2.0, p99 2-14 on the 16 real clips.
 2. Prompt token ids and video grid: the official message path (`apply_chat_template` + processor with
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import DecodeConfig
-from pipeline.decode import decode_video
+from pipeline.video.decode import decode_video
 from tests.media import encode_video
 
 vp = pytest.importorskip("qwen_vl_utils.vision_process")
@@ -108,11 +108,11 @@ def test_prompt_ids_and_grid_match_official_message_path(tiny_model_dir):
     """Same input_ids and video_grid_thw as processor(apply_chat_template(messages), videos=qwen frames, fps=2.0)."""
     from transformers import AutoProcessor
 
-    from pipeline.chat import render_chat
+    from pipeline.vs2.chat import render_chat
     from pipeline.engines.hf_engine import TransformersEngine
     from pipeline.config import EngineConfig, SamplingConfig
     from pipeline.engines.base import EngineRequest
-    from pipeline.templates import render
+    from pipeline.vs2.templates import render
 
     clip = _clips()[0]
     proc = AutoProcessor.from_pretrained(tiny_model_dir)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from pipeline.parse import STRICT_PATTERN, extract_rationale, parse_output, parse_strict
+from pipeline.vs2.parse import STRICT_PATTERN, extract_rationale, parse_output, parse_strict
 
 OFFICIAL = r"visual quality:\s*(\d+).*?text-to-video alignment:\s*(\d+).*?physical/common-sense consistency:\s*(\d+)"
 

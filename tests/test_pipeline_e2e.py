@@ -11,16 +11,16 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.config import ScoreConfig, StorageOptions
-from pipeline.job import run
+from pipeline.run.job import run
 from pipeline.schema import OUTPUT_SCHEMA, make_row_id
-from pipeline.shards import pack
+from pipeline.tools.pack import pack
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.dev.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -55,7 +55,7 @@ def _cfg(model_dir, storage, out: str, **engine) -> ScoreConfig:
 def _read(out: str, storage: StorageOptions) -> pa.Table:
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    from pipeline.shards import filesystem
+    from pipeline.storage import filesystem
 
     fs, root = filesystem(out, storage)
     return pads.dataset(root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table()
@@ -93,7 +93,7 @@ def test_pack_score_readback_on_s3(ray_local, packed, model_dir):  # noqa: F811
         assert r["run_id"] == summary["run_id"]
     assert summary["errors_by_stage"] == {"decode": 1}
     # the summary JSON sits next to the output, ignored by dataset readers
-    from pipeline.shards import filesystem
+    from pipeline.storage import filesystem
 
     fs, root = filesystem(out, st)
     saved = json.loads(fs.cat(f"{root}/_vscore/summary-{summary['run_id']}.json"))
@@ -116,7 +116,7 @@ def test_actor_locality_follows_config_and_cluster(ray_local, packed, model_dir,
     """Actor locality is off by default only on the one-node Ray that vscore started itself."""
     import ray.data
 
-    import pipeline.job as job
+    import pipeline.run.job as job
 
     _, st = packed
     cfg = _cfg(model_dir, st, "s3://vscore-test/e2e/unused")

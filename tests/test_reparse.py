@@ -10,10 +10,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.reparse as reparse_mod
+import pipeline.tools.reparse as reparse_mod
 from pipeline.cli import main
-from pipeline.parse import parse_output
-from pipeline.reparse import open_scores_dataset, reparse_dataset
+from pipeline.vs2.parse import parse_output
+from pipeline.tools.reparse import open_scores_dataset, reparse_dataset
 from pipeline.schema import OUTPUT_SCHEMA, rows_to_table
 
 TRAINED = ("\n<think>\nmulti-dimensional analysis: the clip is smooth.\n</think>\n\n"

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.report import error_reason, write_report
+from pipeline.tools.report import error_reason, write_report
 from pipeline.schema import OUTPUT_SCHEMA, make_row_id, rows_to_table
 
 RUN = "vs2-0123456789ab"

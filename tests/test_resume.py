@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.resume import RunConflict, guard_fingerprint
+from pipeline.run.resume import RunConflict, guard_fingerprint
 from pipeline.schema import make_row_id
-from pipeline.shards import pack
+from pipeline.tools.pack import pack
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "videos"
@@ -26,7 +26,7 @@ SAMPLES = REPO / "samples" / "videos"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.dev.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.engines.base import EngineOutput
 from pipeline.schema import OUTPUT_SCHEMA, make_seed
-from pipeline.score_stage import ScoreStage
+from pipeline.stages.score import ScoreStage
 
 
 class SeedEngine:
@@ -99,7 +99,7 @@ def test_engine_exception_becomes_error_rows(tmp_path):
 
 def test_prompt_longer_than_context_is_an_engine_error_row(tmp_path, tiny_model_dir):
     """A huge prompt (longer than the engine's context) becomes an error row; the other rows score."""
-    from pipeline.engines.base import make_engine
+    from pipeline.engines.registry import make_engine
 
     cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}", "engine.kind=transformers",
                              f"engine.model={tiny_model_dir}", "engine.dtype=float32", "engine.device=cpu",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.s3_server import EmbeddedS3
-from pipeline.shards import tar_bytes
+from pipeline.dev.s3_server import EmbeddedS3
+from pipeline.stages.read import tar_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "videos"

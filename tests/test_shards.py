@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pipeline.config import InputConfig, StorageOptions
 from pipeline.schema import make_row_id
-from pipeline.shards import iter_shard, list_shards, pack, tar_bytes
+from pipeline.stages.read import iter_shard, list_shards, tar_bytes
+from pipeline.tools.pack import pack
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import decode as D
+from pipeline.video import decode as D
 from pipeline.config import DecodeConfig
-from pipeline.decode import DecodeError, decode_video
+from pipeline.video.decode import DecodeError, decode_video
 from tests.media_fixtures import CASES, case_bytes, encode
 
 FULL = DecodeConfig()

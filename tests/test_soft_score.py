@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.soft_score import expected_score, locate_score_token, normed_soft_score, soft_scores
+from pipeline.vs2.soft_score import expected_score, locate_score_token, normed_soft_score, soft_scores
 
 LOG = np.log
 

@@ -11,8 +11,9 @@ import pyarrow.dataset as pads
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.config import ScoreConfig, StorageOptions
-from pipeline.job import run
-from pipeline.shards import filesystem, pack
+from pipeline.run.job import run
+from pipeline.storage import filesystem
+from pipeline.tools.pack import pack
 from tests.fault_proxy import FaultProxy
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"

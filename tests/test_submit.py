@@ -29,7 +29,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.schema import make_row_id
-from pipeline.shards import pack
+from pipeline.tools.pack import pack
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "videos"
@@ -128,7 +128,7 @@ def ray_head():
 @pytest.fixture(scope="module")
 def job_inputs(tmp_path_factory):
     """Two bundled videos packed into two local shards, and the tiny model."""
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.dev.tiny_model import build_tiny_model
 
     root = tmp_path_factory.mktemp("submit")
     src = root / "src"
@@ -183,7 +183,7 @@ def test_vscore_submit_round_trip(ray_head, job_inputs):
 
 def test_failed_job_exit_status(ray_head, job_inputs):
     """A job that fails on the cluster (its shard glob matches nothing there) exits non-zero."""
-    from pipeline.submit import submit
+    from pipeline.run.submit import submit
 
     root, _, model = job_inputs
     chunks: list[str] = []
@@ -216,7 +216,7 @@ def test_head_writes_prometheus_service_discovery(ray_head):
 
 
 def test_config_outside_working_dir_is_refused(tmp_path):
-    from pipeline.submit import submit
+    from pipeline.run.submit import submit
 
     cfg = tmp_path / "c.yaml"
     shutil.copy(REPO / "configs" / "local.yaml", cfg)
@@ -225,7 +225,7 @@ def test_config_outside_working_dir_is_refused(tmp_path):
 
 
 def test_runtime_env_merge_and_entrypoint_quoting():
-    from pipeline.submit import build_entrypoint, build_runtime_env, is_loopback
+    from pipeline.run.submit import build_entrypoint, build_runtime_env, is_loopback
 
     env = build_runtime_env(REPO, {"env_vars": {"A": 1}, "excludes": ["big/"], "pip": ["x"]})
     assert env["working_dir"] == str(REPO) and env["env_vars"]["A"] == "1" and env["pip"] == ["x"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline import templates
+from pipeline.vs2 import templates
 
 # JSON-escaped runtime strings as given in videoscore2.md 1b (an independent transcription of
 # vs2_inference.py @e6abe26b and of the model card variant).

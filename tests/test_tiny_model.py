@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.chat import (
+from pipeline.vs2.chat import (
     check_frames,
     digit_token_ids,
     expected_video_grid,
@@ -19,7 +19,7 @@ from pipeline.chat import (
 )
 from pipeline.config import SamplingConfig
 from pipeline.engines.sampling import resolve_sampling
-from pipeline.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_model
+from pipeline.dev.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_model
 
 EXPECTED_RENDER = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

@@ -10,8 +10,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.config import ScoreConfig, StorageOptions
-from pipeline.job import run
-from pipeline.shards import pack
+from pipeline.run.job import run
+from pipeline.tools.pack import pack
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 

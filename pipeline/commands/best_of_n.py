@@ -9,7 +9,7 @@ from pipeline.commands.reparse import add_storage_args, storage_from_args
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipeline.best_of_n import best_of_n
+    from pipeline.tools.best_of_n import best_of_n
 
     summary = best_of_n(a.scores, a.out, group_by=a.group_by, aggregate=a.aggregate, use=a.use,
                         keep_out_of_range=a.keep_out_of_range, run_id=a.run_id, storage=storage_from_args(a))

@@ -6,7 +6,7 @@ import argparse
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipeline.demo import print_summary, run_demo
+    from pipeline.dev.demo import print_summary, run_demo
 
     s = run_demo(a.out, overrides=a.overrides)
     print_summary(s)

@@ -9,7 +9,7 @@ from pipeline.commands.reparse import add_storage_args, storage_from_args
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate, format_report, parse_label_columns
+    from pipeline.tools.evaluate import evaluate, format_report, parse_label_columns
 
     res = evaluate(a.scores, a.labels, kind=a.kind, benchmark=a.benchmark, use=a.use, ties=a.ties,
                    tie_band=a.tie_band, compare=a.compare, label_columns=parse_label_columns(a.label_columns),
@@ -18,7 +18,7 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
-# kept in step with pipeline.evaluate (not imported here so that `vscore --help` stays fast)
+# kept in step with pipeline.tools.evaluate (not imported here so that `vscore --help` stays fast)
 BENCHMARKS = ("generic", "mjbench", "videophy2", "videogen-rewardbench", "t2vqa")
 USES = ("soft", "hard", "expected")
 COMPARES = ("v", "t", "p", "sum", "mean")

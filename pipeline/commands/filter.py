@@ -9,7 +9,7 @@ import sys
 
 def run(a: argparse.Namespace) -> int:
     from pipeline.config import StorageOptions
-    from pipeline.filter import ExpressionError, filter_scores, format_summary
+    from pipeline.tools.filter import ExpressionError, filter_scores, format_summary
 
     storage = StorageOptions(endpoint_url=a.endpoint_url, profile=a.profile, anon=a.anon)
     try:

@@ -8,7 +8,7 @@ import sys
 
 def run(a: argparse.Namespace) -> int:
     from pipeline.config import StorageOptions
-    from pipeline.shards import pack
+    from pipeline.tools.pack import pack
 
     storage = StorageOptions(endpoint_url=a.endpoint_url, profile=a.profile, anon=a.anon)
     shards = pack(a.src, a.dest, shard_size=a.shard_size, storage=storage)

@@ -19,7 +19,7 @@ def storage_from_args(a: argparse.Namespace):
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipeline.reparse import reparse_dataset
+    from pipeline.tools.reparse import reparse_dataset
 
     parts = None if a.partition_cols is None else [c.strip() for c in a.partition_cols.split(",") if c.strip()]
     summary = reparse_dataset(a.src, a.dest, storage=storage_from_args(a), partition_cols=parts,

@@ -8,7 +8,7 @@ import sys
 
 def run(a: argparse.Namespace) -> int:
     from pipeline.config import StorageOptions
-    from pipeline.report import write_report
+    from pipeline.tools.report import write_report
 
     storage = StorageOptions(endpoint_url=a.endpoint_url, profile=a.profile, anon=a.anon)
     png_dir = None if a.no_png else (a.png_dir or str(a.out).rsplit(".", 1)[0] + "-plots")

@@ -8,7 +8,7 @@ import json
 
 def run(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.job import run as run_job
+    from pipeline.run.job import run as run_job
 
     cfg = load_config(a.config, a.overrides)
     summary = run_job(cfg, progress_every_s=a.progress_every)

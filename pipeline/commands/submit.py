@@ -6,7 +6,7 @@ import argparse
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipeline.submit import parse_runtime_env_json, submit
+    from pipeline.run.submit import parse_runtime_env_json, submit
 
     _, code = submit(a.config, a.overrides, address=a.address, working_dir=a.working_dir,
                      runtime_env=parse_runtime_env_json(a.runtime_env_json), python=a.python,

@@ -6,7 +6,7 @@ import argparse
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.dev.tiny_model import build_tiny_model
 
     print(build_tiny_model(a.dir, seed=a.seed))
     return 0

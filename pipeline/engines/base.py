@@ -56,21 +56,3 @@ class Engine(Protocol):
         """Generate for every request; one output per request, same order."""
 
     def close(self) -> None: ...
-
-
-def make_engine(engine: "EngineConfig", sampling: "SamplingConfig") -> Engine:
-    """Build the engine named by `engine.kind`, importing its heavy dependencies lazily."""
-    if engine.kind == "vllm":
-        from pipeline.engines.vllm_engine import VLLMEngine
-
-        return VLLMEngine(engine, sampling)
-    if engine.kind == "transformers":
-        from pipeline.engines.hf_engine import TransformersEngine
-
-        return TransformersEngine(engine, sampling)
-    if ":" in engine.kind:  # a custom engine class, e.g. a benchmark-only engine
-        import importlib
-
-        module, _, cls = engine.kind.partition(":")
-        return getattr(importlib.import_module(module), cls)(engine, sampling)
-    raise ValueError(f"unknown engine kind {engine.kind!r}; expected 'vllm', 'transformers' or 'module:Class'")

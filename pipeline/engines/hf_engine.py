@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.chat import (
+from pipeline.vs2.chat import (
     VIDEO_PROCESSOR_KWARGS,
     digit_token_ids,
     expected_video_grid,

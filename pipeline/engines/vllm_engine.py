@@ -4,7 +4,7 @@ Each request becomes `{"prompt": <chat text>, "multi_modal_data": {"video": (fra
 "mm_processor_kwargs": {...}}`. The frames are already sampled and resized, so the processor is told
 not to resample (`do_sample_frames=False`) or resize (`do_resize=False`), and the metadata presents
 them as a clip sampled at exactly 2 fps so that second_per_grid_ts = 1.0 as in the official script
-(see `pipeline.chat.nominal_video_metadata`).
+(see `pipeline.vs2.chat.nominal_video_metadata`).
 
 Soft-score inputs: every request asks for the log-probabilities of the five digit tokens at every
 generated position (`SamplingParams.logprob_token_ids`, vLLM >= 0.3x; older versions fall back to the
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.chat import (
+from pipeline.vs2.chat import (
     NOMINAL_FPS,
     VIDEO_PROCESSOR_KWARGS,
     digit_token_ids,

@@ -18,14 +18,15 @@ from typing import Any
 
 import ray
 
-from pipeline import resume, stats
+from pipeline.run import resume, stats
 from pipeline.config import ScoreConfig
-from pipeline.decode import DecodeStage
-from pipeline.score_stage import ScoreStage, inflight_url
-from pipeline.plan import ResourcePlan, make_plan
-from pipeline.resume import shard_manifest_dir
-from pipeline.shards import filesystem, list_shards, read_shards_batch, shard_group_of
-from pipeline.sink import CommittedParquetSink, quarantine_url
+from pipeline.stages.decode import DecodeStage
+from pipeline.stages.score import ScoreStage, inflight_url
+from pipeline.run.plan import ResourcePlan, make_plan
+from pipeline.run.resume import shard_manifest_dir
+from pipeline.storage import filesystem
+from pipeline.stages.read import list_shards, read_shards_batch, shard_group_of
+from pipeline.stages.sink import CommittedParquetSink, quarantine_url
 
 log = logging.getLogger("vscore")
 

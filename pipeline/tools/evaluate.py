@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from pipeline.config import StorageOptions
-from pipeline.parse import DIMENSIONS
-from pipeline.shards import filesystem
+from pipeline.vs2.parse import DIMENSIONS
+from pipeline.storage import filesystem
 
 BENCHMARKS = ("generic", "mjbench", "videophy2", "videogen-rewardbench", "t2vqa")
 USES = ("soft", "hard", "expected")
@@ -273,7 +273,7 @@ def score_columns(use: str) -> tuple[str, str, str]:
 def load_scores(url: str, use: str = "soft", storage: StorageOptions | None = None, key_column: str = "key",
                 run_id: str | None = None) -> ScoreIndex:
     """Read only the needed columns of a scores dataset (hive directory or Parquet file)."""
-    from pipeline.reparse import open_scores_dataset
+    from pipeline.tools.reparse import open_scores_dataset
 
     dset, _ = open_scores_dataset(url, storage)
     cols = score_columns(use)

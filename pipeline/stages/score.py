@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import templates
+from pipeline.vs2 import templates
 from pipeline.config import ScoreConfig
-from pipeline.engines.base import EngineOutput, EngineRequest, make_engine
-from pipeline.parse import parse_output
+from pipeline.engines.base import EngineOutput, EngineRequest
+from pipeline.engines.registry import make_engine
+from pipeline.vs2.parse import parse_output
 from pipeline.schema import make_seed, one_line, rows_to_table
-from pipeline.soft_score import soft_scores
-from pipeline.stats import Reporter
+from pipeline.vs2.soft_score import soft_scores
+from pipeline.run.stats import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class InflightLog:
     """Markers on the output storage naming the batches being generated (fsspec, shared by all nodes)."""
 
     def __init__(self, url: str, storage: Any) -> None:
-        from pipeline.shards import filesystem
+        from pipeline.storage import filesystem
 
         self.fs, self.root = filesystem(url, storage)
 

@@ -1,15 +1,14 @@
-"""Decode stage: video bytes -> the frames qwen-vl-utils 0.0.14 would feed VideoScore2 (PyAV, in memory).
+"""Video decoding: video bytes -> the frames qwen-vl-utils 0.0.14 would feed VideoScore2 (PyAV, in memory).
 
 `decode_video` follows the decord reader of qwen-vl-utils (`_read_video_decord`): total_frames and fps come
-from container metadata (decord: `len(vr)`, `vr.get_avg_fps()`), the frame plan is `pipeline.frames.plan_frames`,
+from container metadata (decord: `len(vr)`, `vr.get_avg_fps()`), the frame plan is `pipeline.vs2.frames.plan_frames`,
 and the kept frames are resized to the planned size. Throughput rules (docs/cpu-stack.md section 5): decode
 sequentially and never seek (seeking restarts at the previous keyframe, 5x slower at the x264 default GOP),
 convert and resize only the kept frames, straight from the decoder's YUV to rgb24 at the target size
 (`VideoReformatter.reformat(frame, width=, height=, format="rgb24", interpolation=BICUBIC)`: what
 `frame.reformat(...)` does, with one swscale context reused across the kept frames of a clip).
 
-`DecodeStage` is the Ray Data actor around it (`map_batches(DecodeStage, fn_constructor_args=(cfg,),
-compute=ActorPoolStrategy(...), batch_format="numpy")`).
+`pipeline.stages.decode.DecodeStage` is the Ray Data actor around it.
 
 Bad media (tests/test_bad_media.py runs the whole fixture set): every input ends as frames or as one
 `DecodeError` with a one-line message, which the stage turns into an error row (error_stage "decode").
@@ -51,14 +50,13 @@ from typing import Any, Iterator
 
 import av
 import numpy as np
-import pyarrow as pa
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from pipeline.config import DecodeConfig
-from pipeline.frames import frame_indices, frame_pixel_bounds, smart_nframes, smart_resize
+from pipeline.vs2.frames import frame_indices, frame_pixel_bounds, smart_nframes, smart_resize
 from pipeline.schema import one_line
 
-__all__ = ["DecodeError", "DecodedVideo", "DecodeStage", "decode_video", "probe_video"]
+__all__ = ["DecodeError", "DecodedVideo", "decode_video", "probe_video"]
 
 # swscale's bicubic (SWS_BICUBIC, B=0 C=0.6). qwen-vl-utils resizes with torchvision's antialiased bicubic
 # (a=-0.5, kernel support widened by the downscale factor). swscale's filter also widens with the downscale
@@ -587,102 +585,3 @@ def _decode_video(data: bytes, cfg: DecodeConfig, max_bytes: int | None = None) 
     return DecodedVideo(frames=frames, indices=indices, total_frames=total, src_fps=p.fps,
                         duration_s=total / p.fps, width=size[1], height=size[0], rotation=info["rotation"],
                         replanned=replanned, mirrored=info["mirrored"], sample_aspect_ratio=info["sar"])
-
-
-# ----------------------------------------------------------------------------------------------------
-# Ray Data stage
-# ----------------------------------------------------------------------------------------------------
-
-_EMPTY_FRAMES_SHAPE = (0, 0, 0, 3)
-
-
-def _str_or_none(v: Any) -> str | None:
-    """A string cell from a numpy batch. Ray hands an all-null column over as float NaN: that is None."""
-    v = v.item() if isinstance(v, np.generic) else v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return v if isinstance(v, str) else None
-
-
-def _frames_type() -> pa.DataType:
-    from ray.data.extensions import ArrowVariableShapedTensorType
-
-    return ArrowVariableShapedTensorType(dtype=pa.uint8(), ndim=4)
-
-
-class DecodeStage:
-    """Ray Data callable class: a batch of read rows (with `video` bytes) -> the same rows with frames.
-
-    Input: a numpy batch (`batch_format="numpy"`) with INPUT_COLUMNS. Output: a pyarrow Table with exactly
-    OUTPUT_COLUMNS (types in `output_types()`); `video` is dropped. `frames` is always an Arrow
-    variable-shaped uint8 tensor column (ndim 4), also when every clip of a batch has the same size, so all
-    blocks share one schema; downstream numpy batches get it back as an object array of (T, H, W, 3) arrays.
-
-    Rows whose status is not "ok" pass through untouched, with empty (0, 0, 0, 3) frames and zero numbers;
-    a decode failure makes the row status "error", error_stage "decode", error "<one line>".
-    """
-
-    PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json")
-    INPUT_COLUMNS = PASS_THROUGH + ("video", "status", "error_stage", "error")
-    OUTPUT_COLUMNS = PASS_THROUGH + ("status", "error_stage", "error", "frames", "frame_indices", "num_frames",
-                                     "width", "height", "duration_s", "src_fps", "total_frames", "decode_s")
-
-    def __init__(self, cfg: DecodeConfig) -> None:
-        self.cfg = cfg
-
-    @staticmethod
-    def output_types() -> dict[str, pa.DataType]:
-        types = {c: pa.string() for c in DecodeStage.PASS_THROUGH + ("status", "error_stage", "error", "frame_indices")}
-        types.update(frames=_frames_type(), num_frames=pa.int32(), width=pa.int32(), height=pa.int32(),
-                     duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64())
-        return {c: types[c] for c in DecodeStage.OUTPUT_COLUMNS}
-
-    @staticmethod
-    def empty_frames() -> np.ndarray:
-        return np.zeros(_EMPTY_FRAMES_SHAPE, dtype=np.uint8)
-
-    def decode_row(self, video: Any, status: str, error_stage: str | None, error: str | None) -> dict[str, Any]:
-        """Output fields (all but the pass-through ones) for one row."""
-        res: dict[str, Any] = {"status": status, "error_stage": error_stage, "error": error,
-                               "frames": self.empty_frames(), "frame_indices": "", "num_frames": 0,
-                               "width": 0, "height": 0, "duration_s": 0.0, "src_fps": 0.0, "total_frames": 0,
-                               "decode_s": 0.0}
-        if status != "ok":
-            return res
-        t0 = time.perf_counter()
-        try:
-            data = bytes(video) if isinstance(video, (bytes, bytearray, memoryview, np.ndarray)) else b""
-            dv = decode_video(data, self.cfg)
-        except DecodeError as e:
-            res.update(status="error", error_stage="decode", error=str(e))
-        except Exception as e:  # noqa: BLE001 - a bug must not kill the whole batch; it becomes an error row
-            res.update(status="error", error_stage="decode", error=one_line(e))
-        else:
-            res.update(frames=dv.frames, frame_indices=json.dumps(dv.indices), num_frames=int(dv.frames.shape[0]),
-                       width=dv.width, height=dv.height, duration_s=float(dv.duration_s), src_fps=float(dv.src_fps),
-                       total_frames=int(dv.total_frames))
-        res["decode_s"] = time.perf_counter() - t0
-        return res
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        from ray.data.extensions import ArrowVariableShapedTensorArray
-
-        n = len(batch["row_id"])
-        rows = []
-        for i in range(n):
-            status = _str_or_none(batch["status"][i]) or "ok"
-            rows.append(self.decode_row(batch["video"][i], status, _str_or_none(batch["error_stage"][i]),
-                                        _str_or_none(batch["error"][i])))
-        types = self.output_types()
-        cols: dict[str, pa.Array] = {}
-        for c in self.PASS_THROUGH:
-            cols[c] = pa.array([_str_or_none(v) for v in batch[c]] if c in batch else [None] * n, type=pa.string())
-        for c in self.OUTPUT_COLUMNS:
-            if c in cols:
-                continue
-            if c == "frames":
-                frames = [r["frames"] for r in rows]
-                cols[c] = ArrowVariableShapedTensorArray.from_numpy(frames) if n else pa.array([], type=types[c])
-            else:
-                cols[c] = pa.array([r[c] for r in rows], type=types[c])
-        return pa.Table.from_arrays([cols[c] for c in self.OUTPUT_COLUMNS], names=list(self.OUTPUT_COLUMNS))

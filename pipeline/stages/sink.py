@@ -8,7 +8,7 @@ told apart from finished ones, and a rerun duplicates rows. This sink writes, fo
 2. the same rows' errors to the quarantine table (``OUT-quarantine/...``, same schema);
 3. then the commit marker ``OUT/_vscore/commits/R/<digest>.json`` listing the files and row ids.
 
-A row is committed iff a marker names it. `pipeline.resume` reads the markers to skip committed rows
+A row is committed iff a marker names it. `pipeline.run.resume` reads the markers to skip committed rows
 and delete uncommitted files on the next run with the same output and run id: exactly once.
 """
 
@@ -28,7 +28,7 @@ from ray.data.datasource.datasink import Datasink
 
 from pipeline.config import OutputConfig
 from pipeline.schema import OUTPUT_SCHEMA
-from pipeline.shards import filesystem
+from pipeline.storage import filesystem
 
 COMMITS_DIR = "_vscore/commits"
 

@@ -6,7 +6,7 @@ Pure functions, no I/O, no torch. What the official VideoScore2 call `{"video": 
 2. `smart_nframes` picks an even frame count n,
 3. the reader keeps frames `torch.linspace(0, total_frames - 1, n).round()`,
 4. `fetch_video` derives the per-frame pixel bounds from n and `smart_resize`s H, W to multiples of 28,
-5. a bicubic antialiased resize to that size (done by the decoder, see `pipeline/decode.py`).
+5. a bicubic antialiased resize to that size (done by the decoder, see `pipeline/video/decode.py`).
 
 `DecodeConfig` maps onto the qwen-vl-utils knobs as follows: `fps`, `min_frames`, `max_frames`, `min_pixels`,
 `total_pixels` are the `ele` keys of the same name; `max_pixels` plays the role of the module constant

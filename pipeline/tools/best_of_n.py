@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from pipeline.config import StorageOptions
-from pipeline.parse import DIMENSIONS
-from pipeline.shards import filesystem
+from pipeline.vs2.parse import DIMENSIONS
+from pipeline.storage import filesystem
 
 AGGREGATES: dict[str, Callable[[float, float, float], float]] = {
     "mean": lambda v, t, p: (v + t + p) / 3,
@@ -155,7 +155,7 @@ def best_of_n(scores_url: str, out_url: str, group_by: str = "prompt", aggregate
               storage: StorageOptions | None = None) -> dict[str, Any]:
     """Read the needed columns of a scores dataset, select per group, write OUT (Parquet, or CSV when the
     path ends with .csv). Returns a summary."""
-    from pipeline.reparse import open_scores_dataset
+    from pipeline.tools.reparse import open_scores_dataset
 
     storage = storage or StorageOptions()
     dset, _ = open_scores_dataset(scores_url, storage)

@@ -33,7 +33,8 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.config import StorageOptions
-from pipeline.shards import SHARD_PATTERN, _split_member, _with_protocol, filesystem
+from pipeline.stages.read import SHARD_PATTERN, _split_member
+from pipeline.storage import with_protocol, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def _q(name: str) -> str:
 # --------------------------------------------------------------------------- shards
 
 def _samples(stream) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
-    """(key, members) of a tar stream, grouped like pipeline.shards.iter_shard groups them (consecutive
+    """(key, members) of a tar stream, grouped like pipeline.stages.read.iter_shard groups them (consecutive
     members sharing the key before the first dot of the basename)."""
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         key: str | None = None
@@ -239,7 +240,7 @@ class ShardSink:
         path = f"{self.root.rstrip('/')}/{SHARD_PATTERN.format(index=self.index)}"
         self.file = self.fs.open(path, "wb")
         self.writer = wds.TarWriter(self.file, mtime=0.0)  # reproducible member headers
-        self.urls.append({"url": _with_protocol(self.fs, path), "samples": 0})
+        self.urls.append({"url": with_protocol(self.fs, path), "samples": 0})
         self.count = 0
 
     def write(self, sample: dict[str, Any]) -> str:

@@ -47,7 +47,7 @@ def load_scores(url: str, storage: StorageOptions | None = None, run_id: str | N
     import pyarrow.dataset as pads
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    from pipeline.shards import filesystem
+    from pipeline.storage import filesystem
 
     storage = storage or StorageOptions()
     fs, root = filesystem(url, storage)

@@ -37,9 +37,9 @@ import pyarrow.dataset as pads
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.config import StorageOptions
-from pipeline.parse import DIMENSIONS, parse_output
+from pipeline.vs2.parse import DIMENSIONS, parse_output
 from pipeline.schema import OUTPUT_SCHEMA
-from pipeline.shards import filesystem
+from pipeline.storage import filesystem
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""WebDataset shards on any fsspec URL: pack a folder into shards, list shards, read samples.
+"""Read stage: list WebDataset shards on any fsspec URL and stream their samples as rows.
 
 Layout of a sample: ``{key}.mp4`` (or another video extension) + ``{key}.json`` holding at least
 ``{"prompt": ...}`` and any metadata. A ``{key}.txt`` prompt is accepted too.
@@ -14,105 +14,21 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import fsspec
-import webdataset as wds
 from braceexpand import braceexpand
 
 from pipeline.config import InputConfig, StorageOptions
 from pipeline.schema import make_row_id, one_line
+from pipeline.storage import filesystem, with_protocol
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 SHARD_PATTERN = "shard-{index:06d}.tar"
 
-
-def filesystem(url: str, storage: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for `url` and the path inside it."""
-    protocol = fsspec.utils.get_protocol(url)
-    fs, path = fsspec.core.url_to_fs(url, **storage.fsspec_kwargs(protocol))
-    if hasattr(fs, "retries"):  # s3fs: attempts for connection resets, timeouts and SlowDown
-        fs.retries = storage.retries
-    return fs, path
-
-
-def _with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    return fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local"), "local") else path
-
-
-# --------------------------------------------------------------------------- pack
-
-def _key_for(rel: str) -> str:
-    """A WebDataset key from a relative path: no dots (WebDataset splits extensions at the first dot),
-    no slashes, stable."""
-    stem = rel.rsplit(".", 1)[0]
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "sample"
-
-
-def collect_samples(src: str | Path) -> list[dict[str, Any]]:
-    """Samples of a local folder: from ``manifest.jsonl`` (``file`` and ``prompt`` fields, other fields
-    kept as metadata) or else from video files with a sidecar ``.txt`` (the prompt) or ``.json``."""
-    src = Path(src)
-    manifest = src / "manifest.jsonl"
-    samples: list[dict[str, Any]] = []
-    if manifest.exists():
-        for n, line in enumerate(manifest.read_text().splitlines()):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if "file" not in rec or "prompt" not in rec:
-                raise ValueError(f"{manifest}:{n + 1}: needs 'file' and 'prompt' fields")
-            samples.append({"path": src / rec["file"], "rel": rec["file"], "meta": rec})
-        return samples
-    for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file()):
-        rel = path.relative_to(src).as_posix()
-        meta: dict[str, Any] = {"file": rel}
-        if path.with_suffix(".json").exists():
-            meta.update(json.loads(path.with_suffix(".json").read_text()))
-        if path.with_suffix(".txt").exists():
-            meta["prompt"] = path.with_suffix(".txt").read_text().strip()
-        if "prompt" not in meta:
-            raise ValueError(f"{path}: no prompt (add {path.stem}.txt, {path.stem}.json or a manifest.jsonl)")
-        samples.append({"path": path, "rel": rel, "meta": meta})
-    return samples
-
-
-def pack(src: str | Path, dest: str, shard_size: int = 100, storage: StorageOptions | None = None) -> list[dict[str, Any]]:
-    """Write the samples of `src` into ``dest/shard-NNNNNN.tar``. Returns one record per shard
-    (url, samples). Shard names are zero-padded and follow the sample order (stable across runs)."""
-    storage = storage or StorageOptions()
-    samples = collect_samples(src)
-    if not samples:
-        raise ValueError(f"no samples found in {src}")
-    fs, root = filesystem(dest, storage)
-    fs.makedirs(root, exist_ok=True)
-    shards = []
-    for index, start in enumerate(range(0, len(samples), shard_size)):
-        chunk = samples[start:start + shard_size]
-        path = f"{root.rstrip('/')}/{SHARD_PATTERN.format(index=index)}"
-        seen: dict[str, int] = {}
-        with fs.open(path, "wb") as f, wds.TarWriter(f) as sink:
-            for s in chunk:
-                key = _key_for(s["rel"])
-                if key in seen:  # keys unique within a shard
-                    seen[key] += 1
-                    key = f"{key}-{seen[key]}"
-                else:
-                    seen[key] = 0
-                ext = Path(s["rel"]).suffix.lower().lstrip(".") or "mp4"
-                sink.write({"__key__": key, ext: Path(s["path"]).read_bytes(),
-                            "json": json.dumps(s["meta"], ensure_ascii=False).encode()})
-        shards.append({"url": _with_protocol(fs, path), "samples": len(chunk)})
-    return shards
-
-
-# --------------------------------------------------------------------------- list
 
 def list_shards(spec: str, storage: StorageOptions) -> list[str]:
     """Expand a shard spec: whitespace-separated URLs, each with brace ranges (``{000..009}``, ``{a,b}``)
@@ -123,13 +39,11 @@ def list_shards(spec: str, storage: StorageOptions) -> list[str]:
         for url in braceexpand(part):
             if any(c in url for c in "*?["):
                 fs, path = filesystem(url, storage)
-                out.extend(_with_protocol(fs, p) for p in sorted(fs.glob(path)) if not fs.isdir(p))
+                out.extend(with_protocol(fs, p) for p in sorted(fs.glob(path)) if not fs.isdir(p))
             else:
                 out.append(url)
     return sorted(dict.fromkeys(out))
 
-
-# --------------------------------------------------------------------------- read
 
 def _split_member(name: str) -> tuple[str, str]:
     """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
@@ -246,8 +160,8 @@ def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str |
     Rows whose id is in the shard's `skip` list (already committed by an earlier run) are not emitted.
     When the shard has been listed to its end, its row ids are recorded in `manifest_dir` so a later
     run can skip the whole shard once all of them are committed."""
-    from pipeline.resume import write_shard_manifest
-    from pipeline.stats import Reporter
+    from pipeline.run.resume import write_shard_manifest
+    from pipeline.run.stats import Reporter
 
     report = Reporter(stats_name)
     skips = batch.get("skip", [None] * len(batch["shard"]))
@@ -277,12 +191,6 @@ READ_COLUMNS = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {c: [r[c] for r in rows] for c in READ_COLUMNS}
-
-
-def read_bytes(url: str, storage: StorageOptions) -> bytes:
-    fs, path = filesystem(url, storage)
-    with fs.open(path, "rb") as f:
-        return f.read()
 
 
 def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:

@@ -23,10 +23,10 @@ BUCKET = "vscore-demo"
 
 
 def run_demo(out: str | Path = "vscore-demo", shard_size: int = 3, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    from pipeline.job import run
-    from pipeline.s3_server import EmbeddedS3
-    from pipeline.shards import pack
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.run.job import run
+    from pipeline.dev.s3_server import EmbeddedS3
+    from pipeline.tools.pack import pack
+    from pipeline.dev.tiny_model import build_tiny_model
 
     out = Path(out).resolve()
     scores = out / "scores"

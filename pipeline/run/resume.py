@@ -1,7 +1,7 @@
 """Exactly-once resume: what a previous run with the same output and run id already committed.
 
 State lives next to the output (any fsspec URL), so it works the same under `ray job submit`, RayJob and
-Slurm: commit markers (written by `pipeline.sink`), shard manifests (written by the read stage when a
+Slurm: commit markers (written by `pipeline.stages.sink`), shard manifests (written by the read stage when a
 shard has been fully listed) and the run's config fingerprint.
 
 - committed rows are skipped at the read stage (never decoded or scored again);
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ScoreConfig
-from pipeline.sink import COMMITS_DIR, commit_dir, quarantine_url
-from pipeline.shards import filesystem
+from pipeline.stages.sink import COMMITS_DIR, commit_dir, quarantine_url
+from pipeline.storage import filesystem
 
 log = logging.getLogger(__name__)
 

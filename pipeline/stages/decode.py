@@ -1,0 +1,111 @@
+"""Decode stage: a Ray Data actor that turns a batch of read rows (with `video` bytes) into the same rows
+with frames, using `pipeline.video.decode.decode_video` (`map_batches(DecodeStage, fn_constructor_args=(cfg,),
+compute=ActorPoolStrategy(...), batch_format="numpy")`). A decode failure becomes an error row."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import DecodeConfig
+from pipeline.schema import one_line
+from pipeline.video.decode import DecodeError, decode_video
+
+
+_EMPTY_FRAMES_SHAPE = (0, 0, 0, 3)
+
+
+def _str_or_none(v: Any) -> str | None:
+    """A string cell from a numpy batch. Ray hands an all-null column over as float NaN: that is None."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v if isinstance(v, str) else None
+
+
+def _frames_type() -> pa.DataType:
+    from ray.data.extensions import ArrowVariableShapedTensorType
+
+    return ArrowVariableShapedTensorType(dtype=pa.uint8(), ndim=4)
+
+
+class DecodeStage:
+    """Ray Data callable class: a batch of read rows (with `video` bytes) -> the same rows with frames.
+
+    Input: a numpy batch (`batch_format="numpy"`) with INPUT_COLUMNS. Output: a pyarrow Table with exactly
+    OUTPUT_COLUMNS (types in `output_types()`); `video` is dropped. `frames` is always an Arrow
+    variable-shaped uint8 tensor column (ndim 4), also when every clip of a batch has the same size, so all
+    blocks share one schema; downstream numpy batches get it back as an object array of (T, H, W, 3) arrays.
+
+    Rows whose status is not "ok" pass through untouched, with empty (0, 0, 0, 3) frames and zero numbers;
+    a decode failure makes the row status "error", error_stage "decode", error "<one line>".
+    """
+
+    PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json")
+    INPUT_COLUMNS = PASS_THROUGH + ("video", "status", "error_stage", "error")
+    OUTPUT_COLUMNS = PASS_THROUGH + ("status", "error_stage", "error", "frames", "frame_indices", "num_frames",
+                                     "width", "height", "duration_s", "src_fps", "total_frames", "decode_s")
+
+    def __init__(self, cfg: DecodeConfig) -> None:
+        self.cfg = cfg
+
+    @staticmethod
+    def output_types() -> dict[str, pa.DataType]:
+        types = {c: pa.string() for c in DecodeStage.PASS_THROUGH + ("status", "error_stage", "error", "frame_indices")}
+        types.update(frames=_frames_type(), num_frames=pa.int32(), width=pa.int32(), height=pa.int32(),
+                     duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64())
+        return {c: types[c] for c in DecodeStage.OUTPUT_COLUMNS}
+
+    @staticmethod
+    def empty_frames() -> np.ndarray:
+        return np.zeros(_EMPTY_FRAMES_SHAPE, dtype=np.uint8)
+
+    def decode_row(self, video: Any, status: str, error_stage: str | None, error: str | None) -> dict[str, Any]:
+        """Output fields (all but the pass-through ones) for one row."""
+        res: dict[str, Any] = {"status": status, "error_stage": error_stage, "error": error,
+                               "frames": self.empty_frames(), "frame_indices": "", "num_frames": 0,
+                               "width": 0, "height": 0, "duration_s": 0.0, "src_fps": 0.0, "total_frames": 0,
+                               "decode_s": 0.0}
+        if status != "ok":
+            return res
+        t0 = time.perf_counter()
+        try:
+            data = bytes(video) if isinstance(video, (bytes, bytearray, memoryview, np.ndarray)) else b""
+            dv = decode_video(data, self.cfg)
+        except DecodeError as e:
+            res.update(status="error", error_stage="decode", error=str(e))
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the whole batch; it becomes an error row
+            res.update(status="error", error_stage="decode", error=one_line(e))
+        else:
+            res.update(frames=dv.frames, frame_indices=json.dumps(dv.indices), num_frames=int(dv.frames.shape[0]),
+                       width=dv.width, height=dv.height, duration_s=float(dv.duration_s), src_fps=float(dv.src_fps),
+                       total_frames=int(dv.total_frames))
+        res["decode_s"] = time.perf_counter() - t0
+        return res
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from ray.data.extensions import ArrowVariableShapedTensorArray
+
+        n = len(batch["row_id"])
+        rows = []
+        for i in range(n):
+            status = _str_or_none(batch["status"][i]) or "ok"
+            rows.append(self.decode_row(batch["video"][i], status, _str_or_none(batch["error_stage"][i]),
+                                        _str_or_none(batch["error"][i])))
+        types = self.output_types()
+        cols: dict[str, pa.Array] = {}
+        for c in self.PASS_THROUGH:
+            cols[c] = pa.array([_str_or_none(v) for v in batch[c]] if c in batch else [None] * n, type=pa.string())
+        for c in self.OUTPUT_COLUMNS:
+            if c in cols:
+                continue
+            if c == "frames":
+                frames = [r["frames"] for r in rows]
+                cols[c] = ArrowVariableShapedTensorArray.from_numpy(frames) if n else pa.array([], type=types[c])
+            else:
+                cols[c] = pa.array([r[c] for r in rows], type=types[c])
+        return pa.Table.from_arrays([cols[c] for c in self.OUTPUT_COLUMNS], names=list(self.OUTPUT_COLUMNS))

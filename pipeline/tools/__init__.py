@@ -1,0 +1,1 @@
+"""Tools around runs: pack shards, evaluate against human labels, best-of-N, filter, report, reparse."""
