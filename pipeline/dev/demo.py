@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config import StorageOptions, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "videos"
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
 BUCKET = "vscore-demo"
