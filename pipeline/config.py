@@ -143,8 +143,10 @@ class EngineConfig(_Model):
     actors: int | Literal["auto"] = Field(1, description="Scoring actors (engine replicas); 'auto' = the cluster's GPUs / GPUs per actor.")
     num_gpus: float = Field(1.0, ge=0, description="GPUs per scoring actor (set tensor_parallel_size for TP; 0 on CPU).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per scoring actor.")
-    max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead scoring actor (engine crash, OOM, preemption).")
-    max_task_retries: int = Field(2, ge=0, description="Times a batch is retried on a restarted scoring actor before the job fails.")
+    max_restarts: int = Field(6, ge=0, description="Times Ray restarts a dead scoring actor (engine crash, OOM, preemption). "
+                              "A poison sample costs up to 3 (its batch dies once, then it dies twice alone and is quarantined).")
+    max_task_retries: int = Field(3, ge=0, description="Times a batch is retried on a restarted scoring actor before the job fails "
+                                  "(>= 3 lets a batch holding a poison sample reach its quarantine).")
 
 
 class OutputConfig(_Model):

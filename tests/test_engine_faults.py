@@ -40,7 +40,7 @@ def test_poison_sample_quarantined(ray_local, tmp_path):  # noqa: F811
     rows = {r["key"]: r for r in pads.dataset(str(out), format="parquet", partitioning="hive").to_table().to_pylist()}
     assert len(rows) == 5
     assert rows["v2"]["status"] == "error" and rows["v2"]["error_stage"] == "engine"
-    assert "died twice" in rows["v2"]["error"]
+    assert "died 2 times while scoring this sample alone" in rows["v2"]["error"]
     assert all(rows[f"v{i}"]["status"] == "ok" and rows[f"v{i}"]["parse_mode"] == "strict" for i in (0, 1, 3, 4))
     assert summary["errors_by_stage"] == {"engine": 1}
     q = pads.dataset(summary["quarantine"], format="parquet", partitioning="hive").to_table().to_pylist()

@@ -59,7 +59,7 @@ def _rows(n_ok: int = 48, seed: int = 0, timing: bool = True) -> list[dict]:
         ("decode", "InvalidDataError: [Errno 1094995529] Invalid data found when processing input: '<none>'"),
         ("decode", "stream of 9000x9000 exceeds max_decoded_pixels 67108864"),
         ("read", "no prompt (no .json 'prompt' field and no .txt)"),
-        ("engine", "quarantined: the engine died twice while scoring this sample"),
+        ("engine", "quarantined: the engine died 2 times while scoring this sample alone"),
         ("parse", f"ValueError: bad output {EVIL}"),
     ]
     for j, (stage, msg) in enumerate(errors):

@@ -109,3 +109,76 @@ def test_prompt_longer_than_context_is_an_engine_error_row(tmp_path, tiny_model_
     rows = ScoreStage(cfg, engine=make_engine(cfg.engine, cfg.sampling))(batch).to_pylist()
     assert rows[0]["status"] == "error" and rows[0]["error_stage"] == "engine" and "max_model_len" in rows[0]["error"]
     assert rows[1]["status"] == "ok" and 0 < rows[1]["output_tokens"] <= 8
+
+
+class _Died(BaseException):
+    """Stands for the actor process dying mid-generate (os._exit): nothing after it runs."""
+
+
+class DyingEngine(SeedEngine):
+    """Dies (raises _Died) whenever a request's prompt contains one of `poison`, or on the next
+    `die_next` calls whatever the prompt (an outside kill)."""
+
+    def __init__(self, poison=(), die_next=0):
+        super().__init__()
+        self.poison, self.die_next, self.calls = poison, die_next, []
+
+    def generate(self, reqs):
+        self.calls.append([r.request_id for r in reqs])
+        if self.die_next:
+            self.die_next -= 1
+            raise _Died()
+        if any(p in r.prompt for r in reqs for p in self.poison):
+            raise _Died()
+        return super().generate(reqs)
+
+
+def _attempts(cfg, batch, engine_factory, invocation="inv1", max_attempts=6):
+    """Run the stage like Ray does: a death restarts the actor (a new ScoreStage) and retries the batch."""
+    for attempt in range(max_attempts):
+        stage = ScoreStage(cfg, engine=engine_factory(attempt), invocation=invocation)
+        try:
+            return attempt, stage(batch).to_pylist()
+        except _Died:
+            continue
+    raise AssertionError("never finished")
+
+
+def test_one_death_of_a_one_row_batch_does_not_quarantine(tmp_path):
+    """The reported defect: a one-row batch killed once from outside must come back ok on the retry."""
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}"])
+    attempt, rows = _attempts(cfg, _batch(1), lambda a: DyingEngine(die_next=1 if a == 0 else 0))
+    assert attempt == 1 and rows[0]["status"] == "ok" and rows[0]["visual_quality"] is not None
+
+
+def test_healthy_rows_survive_one_death_of_their_batch(tmp_path):
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}"])
+    attempt, rows = _attempts(cfg, _batch(4), lambda a: DyingEngine(die_next=1 if a == 0 else 0))
+    assert attempt == 1 and [r["status"] for r in rows] == ["ok"] * 4
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_only_the_poison_sample_is_quarantined(tmp_path, n):
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}"])
+    batch = _batch(n)
+    batch["prompt"][n - 1] = "POISON"
+    engines = []
+    attempt, rows = _attempts(cfg, batch, lambda a: engines.append(DyingEngine(poison=("POISON",))) or engines[-1])
+    # n=4: dies as a batch, then twice alone; n=1: dies twice alone. Then quarantined without an engine call.
+    assert attempt == (3 if n > 1 else 2)
+    assert rows[-1]["status"] == "error" and rows[-1]["error_stage"] == "engine"
+    assert "died 2 times while scoring this sample alone" in rows[-1]["error"]
+    assert all(r["status"] == "ok" and r["visual_quality"] is not None for r in rows[:-1])
+    assert engines[-1].calls == [[f"r{i}"] for i in range(n - 1)]  # the poison sample was not sent again
+
+
+def test_markers_of_an_earlier_invocation_quarantine_nothing(tmp_path):
+    """A driver killed mid-run leaves markers behind; the next invocation scores the same rows normally."""
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}"])
+    for _ in range(2):  # the engine died twice alone on r0 in invocation A
+        with pytest.raises(_Died):
+            ScoreStage(cfg, engine=DyingEngine(die_next=1), invocation="A")(_batch(1))
+    rows = ScoreStage(cfg, engine=DyingEngine(), invocation="B")(_batch(1)).to_pylist()
+    assert rows[0]["status"] == "ok"
+    again = ScoreStage(cfg, engine=DyingEngine(), invocation="A")(_batch(1)).to_pylist()
+    assert again[0]["status"] == "error" and "quarantined" in again[0]["error"]  # within A it would be

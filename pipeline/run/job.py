@@ -21,7 +21,7 @@ import ray
 from pipeline.run import resume, stats
 from pipeline.config import ScoreConfig
 from pipeline.stages.decode import DecodeStage
-from pipeline.stages.score import ScoreStage, inflight_url
+from pipeline.stages.score import ScoreStage, inflight_root
 from pipeline.run.plan import ResourcePlan, make_plan
 from pipeline.run.resume import shard_manifest_dir
 from pipeline.storage import filesystem
@@ -71,7 +71,7 @@ def init_ray(cfg: ScoreConfig) -> None:
 
 def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = None,
                   skip: dict[str, list[str]] | None = None, all_shards: list[str] | None = None,
-                  plan: ResourcePlan | None = None) -> "ray.data.Dataset":
+                  plan: ResourcePlan | None = None, invocation: str = "local") -> "ray.data.Dataset":
     """The lazy Ray Data pipeline for `shards`; nothing runs until it is consumed.
 
     `skip` maps a shard to row ids already committed (resume); `all_shards` fixes shard-group numbering
@@ -101,7 +101,7 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     e = cfg.engine
     # `batches_in_flight` calls run concurrently in each actor (threads; the engine is thread-safe and
     # shares one running engine batch between them), so the engine never drains between batches.
-    ds = ds.map_batches(ScoreStage, fn_constructor_args=(cfg, stats_name), batch_size=e.batch_size,
+    ds = ds.map_batches(ScoreStage, fn_constructor_args=(cfg, stats_name, None, invocation), batch_size=e.batch_size,
                         batch_format="numpy", compute=ray.data.ActorPoolStrategy(
                             size=plan.engine_actors, max_tasks_in_flight_per_actor=e.batches_in_flight,
                             max_concurrent_calls_per_actor=e.batches_in_flight,
@@ -145,7 +145,9 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     counters: dict[str, Any] = {}
     if todo:
         init_ray(cfg)
-        stats_name = f"vscore-stats-{uuid.uuid4().hex[:8]}"
+        invocation = uuid.uuid4().hex[:12]
+        _remove_inflight(cfg)  # an earlier invocation's markers say nothing about this one
+        stats_name = f"vscore-stats-{invocation}"
         handle = stats.create(stats_name, run_id)
         stop = threading.Event()
         ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop, len(todo)), daemon=True)
@@ -153,7 +155,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         plan = make_plan(cfg, ray.cluster_resources())
         for line in plan.lines():
             log.info("plan: %s", line)
-        ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards, plan=plan)
+        ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards, plan=plan, invocation=invocation)
         sink = CommittedParquetSink(cfg.output, run_id, min_rows_per_write=cfg.output.min_rows_per_file)
         try:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_NUM_CPUS})
@@ -161,9 +163,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
             stop.set()
         counters = ray.get(handle.snapshot.remote())
         ray.kill(handle)
-        ifs, iroot = filesystem(inflight_url(cfg), cfg.output.storage)
-        if ifs.exists(iroot):  # markers of batches that were being generated when an actor died
-            ifs.rm(iroot, recursive=True)
+        _remove_inflight(cfg)  # markers of work that was being generated when an actor died
     wall = time.time() - t0
     final = resume.load_state(cfg)
     summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=len(state.committed))
@@ -171,6 +171,12 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     out_fs.makedirs(f"{out_root}/{SUMMARY_DIR}", exist_ok=True)
     out_fs.pipe_file(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _remove_inflight(cfg: ScoreConfig) -> None:
+    fs, root = filesystem(inflight_root(cfg), cfg.output.storage)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
 
 
 def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, counters: dict[str, Any],

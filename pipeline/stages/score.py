@@ -38,12 +38,15 @@ PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", 
 class ScoreStage:
     INPUT_COLUMNS = PASS_THROUGH + ("frames", "frame_indices", "src_fps", "total_frames")
 
-    def __init__(self, cfg: ScoreConfig, stats_name: str | None = None, engine: Any = None) -> None:
+    def __init__(self, cfg: ScoreConfig, stats_name: str | None = None, engine: Any = None,
+                 invocation: str = "local") -> None:
+        """`invocation` names this run of the driver: in-flight markers live under it, so markers left by
+        an earlier, killed invocation never count against a sample in this one."""
         self.cfg = cfg
         self.run_id = cfg.resolved_run_id()
         self.engine = engine if engine is not None else make_engine(cfg.engine, cfg.sampling)
         self.report = Reporter(stats_name)
-        self.inflight = InflightLog(inflight_url(cfg), cfg.output.storage)
+        self.inflight = InflightLog(inflight_url(cfg, invocation), cfg.output.storage)
 
     # -- building blocks -------------------------------------------------------------------------
     def _base(self, batch: dict[str, Any], i: int) -> dict[str, Any]:
@@ -146,27 +149,44 @@ class ScoreStage:
             return [EngineOutput(request_id=r.request_id, error=one_line(e)) for r in reqs]
 
     def _generate_guarded(self, reqs: list[EngineRequest]) -> list[EngineOutput]:
-        """Generate with an in-flight marker, so a batch that killed the actor (engine crash, OOM) is
-        recognised when Ray retries it on the restarted actor: it then runs one sample at a time, and a
-        sample that kills the engine again is quarantined as an error row instead of looping forever."""
-        batch = self.inflight.key(r.request_id for r in reqs)
-        if not self.inflight.seen(batch):
-            self.inflight.mark(batch)
-            outs = self._generate(reqs)
+        """Generate with in-flight markers, so that work which killed the actor (engine crash, OOM) is
+        recognised when Ray retries it on the restarted actor.
+
+        A batch of several samples is marked as a batch; if it is seen again, it died once, and its samples
+        are then scored one at a time. A sample scored alone carries its own marker with the number of
+        attempts started alone; an attempt that returns clears it, so the count left behind is the number
+        of times the engine died while that sample was being scored ALONE. Only a sample that did so
+        `SOLO_DEATHS_TO_QUARANTINE` times is quarantined (an error row): one death, even alone (a one-row
+        batch hit by a node loss or a kill), never condemns a healthy sample."""
+        ids = [r.request_id for r in reqs]
+        if len(reqs) > 1:
+            batch = self.inflight.key("batch", ids)
+            if self.inflight.count(batch) == 0:
+                self.inflight.mark(batch, 1)
+                outs = self._generate(reqs)
+                self.inflight.clear(batch)
+                return outs
+            outs = [o for r in reqs for o in self._generate_alone(r)]  # isolation: this batch died before
             self.inflight.clear(batch)
             return outs
-        outs = []
-        for r in reqs:  # isolation mode: this batch died before
-            one = self.inflight.key([r.request_id])
-            if self.inflight.seen(one):
-                outs.append(EngineOutput(request_id=r.request_id, error="quarantined: the engine died twice while scoring this sample"))
-                continue
-            self.inflight.mark(one)
-            outs.extend(self._generate([r]))
-            self.inflight.clear(one)
-        self.inflight.clear(batch)
+        return self._generate_alone(reqs[0])
+
+    def _generate_alone(self, req: EngineRequest) -> list[EngineOutput]:
+        solo = self.inflight.key("solo", [req.request_id])
+        deaths = self.inflight.count(solo)
+        if deaths >= SOLO_DEATHS_TO_QUARANTINE:
+            return [EngineOutput(request_id=req.request_id, error=(
+                f"quarantined: the engine died {deaths} times while scoring this sample alone"))]
+        self.inflight.mark(solo, deaths + 1)
+        outs = self._generate([req])
+        self.inflight.clear(solo)
         return outs
 
+
+# Deaths of the engine while a sample was being scored alone before it is quarantined. Two: a single death
+# can be an outside event (node loss, OOM kill of a neighbour); the same sample killing a fresh engine
+# twice, alone, is the sample.
+SOLO_DEATHS_TO_QUARANTINE = 2
 
 DIMS = ("visual_quality", "text_alignment", "physical_consistency")
 
@@ -181,7 +201,8 @@ def _resample(req: EngineRequest, j: int, base_seed: int) -> EngineRequest:
 
 
 class InflightLog:
-    """Markers on the output storage naming the batches being generated (fsspec, shared by all nodes)."""
+    """Markers on the output storage naming the work being generated (fsspec, shared by all nodes), each
+    holding a count of attempts started. One folder per driver invocation."""
 
     def __init__(self, url: str, storage: Any) -> None:
         from pipeline.storage import filesystem
@@ -189,20 +210,24 @@ class InflightLog:
         self.fs, self.root = filesystem(url, storage)
 
     @staticmethod
-    def key(row_ids: Any) -> str:
+    def key(kind: str, row_ids: Any) -> str:
         import hashlib
 
-        return hashlib.blake2b("\n".join(sorted(row_ids)).encode(), digest_size=10).hexdigest()
+        return f"{kind}-" + hashlib.blake2b("\n".join(sorted(row_ids)).encode(), digest_size=10).hexdigest()
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
-    def seen(self, key: str) -> bool:
-        return self.fs.exists(self._path(key))
+    def count(self, key: str) -> int:
+        """Attempts recorded under `key` (0 = none in flight or died)."""
+        try:
+            return int(self.fs.cat_file(self._path(key)).decode().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
 
-    def mark(self, key: str) -> None:
+    def mark(self, key: str, attempts: int) -> None:
         self.fs.makedirs(self.root, exist_ok=True)
-        self.fs.pipe_file(self._path(key), b"1")
+        self.fs.pipe_file(self._path(key), str(attempts).encode())
 
     def clear(self, key: str) -> None:
         try:
@@ -211,8 +236,13 @@ class InflightLog:
             pass
 
 
-def inflight_url(cfg: ScoreConfig) -> str:
+def inflight_root(cfg: ScoreConfig) -> str:
+    """Every invocation's in-flight markers of this run."""
     return f"{cfg.output.path.rstrip('/')}/_vscore/inflight/{cfg.resolved_run_id()}"
+
+
+def inflight_url(cfg: ScoreConfig, invocation: str) -> str:
+    return f"{inflight_root(cfg)}/{invocation}"
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, float]:
