@@ -1,0 +1,98 @@
+"""The benchmark's command line (`jobs/bench.py`, the `benchmarks` package under jobs/): its flags, the
+mode registry and the package's shape. Fast: nothing is measured."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS = ROOT / "jobs"
+PKG = JOBS / "benchmarks"
+
+# every flag `jobs/bench.py` has taken so far: scripts and docs use them
+FLAGS = ["--quick", "--out", "--no-write", "--sections", "--workdir", "--reps", "--pipeline-reps", "--pipeline-set",
+         "--memory-sizes", "--variant", "--load-threshold", "--max-wait", "--gpu", "--gpu-engines", "--gpu-videos",
+         "--gpu-output-tokens", "--gpu-hf-batch", "--gpu-vllm-max-num-seqs", "--gpu-dry-cpu", "--_decode-child"]
+HEAVY = ("torch", "ray", "av", "numpy", "vllm", "transformers", "psutil", "pipeline", "qwen_vl_utils", "decord")
+
+
+@pytest.fixture(scope="module")
+def modes():
+    if str(JOBS) not in sys.path:
+        sys.path.insert(0, str(JOBS))
+    return importlib.import_module("benchmarks.modes")
+
+
+def test_help_runs_and_lists_the_modes(modes):
+    r = subprocess.run([sys.executable, str(JOBS / "bench.py"), "--help"], capture_output=True, text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr
+    for name in modes.MODES:
+        mod = modes.load(name)
+        assert f"mode {mod.NAME}" in r.stdout and f"  {mod.NAME} " in r.stdout.split("modes (one per run):")[1]
+    for flag in FLAGS[:-1]:
+        assert flag in r.stdout
+    assert "--_decode-child" not in r.stdout  # internal
+
+
+def test_every_registered_mode_imports_light_and_has_the_hooks(modes):
+    for name in modes.MODES:
+        mod = modes.load(name)
+        assert isinstance(mod.NAME, str) and isinstance(mod.SUMMARY, str)
+        for hook in ("add_arguments", "selected", "run", "report"):
+            assert callable(getattr(mod, hook)), (name, hook)
+        assert mod.report({"machine": {}, "mode": "quick", "command": []}) == []  # no sections: no lines
+    assert sum(bool(getattr(m, "DEFAULT", False)) for m in modes.all_modes()) == 1
+    # importing the package (every module) loads none of the heavy libraries: --help and the parser stay cheap
+    names = ", ".join(repr(f"benchmarks.{p.stem}") for p in PKG.glob("*.py") if p.stem != "__init__")
+    code = (f"import importlib, sys; sys.path[:0] = [{str(ROOT)!r}, {str(JOBS)!r}]\n"
+            f"for n in [{names}]: importlib.import_module(n)\n"
+            f"print(sorted({{k.split('.')[0] for k in sys.modules}} & set({HEAVY!r})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_flags_and_mode_choice(modes):
+    from benchmarks.cli import build_parser
+
+    ap = build_parser()
+    options = {s for a in ap._actions for s in a.option_strings}
+    assert set(FLAGS) <= options
+    assert modes.choose(ap.parse_args([])).NAME == "cpu"
+    assert modes.choose(ap.parse_args(["--quick", "--sections", "decode"])).NAME == "cpu"
+    assert modes.choose(ap.parse_args(["--gpu"])).NAME == "gpu"
+    assert modes.choose(ap.parse_args(["--gpu-dry-cpu"])).NAME == "gpu"
+    assert ap.parse_args(["--_decode-child", "spec.json", "out.json"])._decode_child == ["spec.json", "out.json"]
+
+
+def test_package_shape():
+    """One module per measurement, none over ~600 lines, no import cycles between them."""
+    graph: dict[str, set[str]] = {}
+    for p in PKG.glob("*.py"):
+        src = p.read_text()
+        assert len(src.splitlines()) <= 600, p.name
+        deps = set()
+        for n in ast.walk(ast.parse(src)):
+            if isinstance(n, ast.ImportFrom) and n.level == 1:
+                deps |= {n.module} if n.module else {a.name for a in n.names}
+        graph[p.stem] = deps - {"__init__", "__doc__"}
+
+    seen: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        assert seen.get(m) != 1, "import cycle: " + " -> ".join(path + [m])
+        if seen.get(m) == 2:
+            return
+        seen[m] = 1
+        for d in graph.get(m, ()):
+            visit(d, path + [m])
+        seen[m] = 2
+
+    for m in graph:
+        visit(m, [])
