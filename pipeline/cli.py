@@ -20,6 +20,7 @@ COMMANDS = [
     "pipeline.commands.submit",
     "pipeline.commands.report",
     "pipeline.commands.filter",
+    "pipeline.commands.plan",
 ]
 
 
