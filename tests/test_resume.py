@@ -92,9 +92,39 @@ def _wait_for_commits(proc: subprocess.Popen, out: Path, n: int, timeout: float 
         time.sleep(0.3)
 
 
+ROW_CONTENT = ("status", "error_stage", "error", "raw_output", "parse_mode", "visual_quality", "text_alignment",
+               "physical_consistency", "visual_quality_soft", "text_alignment_soft", "physical_consistency_soft")
+
+
 def _rows(out: Path) -> list[dict]:
     return pads.dataset(str(out), format="parquet", partitioning="hive").to_table(
-        columns=["row_id", "key", "shard", "status"]).to_pylist()
+        columns=["row_id", "key", "shard", *ROW_CONTENT]).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def reference_rows(tmp_path_factory, model_dir, shards_dir):
+    """The same job run once without faults: what every row must hold after a kill and a rerun (seeds
+    derive from row ids and batches hold one row, so each row's output is reproducible)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    out = tmp / "out"
+    cfg = _config(tmp, model_dir, shards_dir, out)
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "score", str(cfg)], cwd=REPO, env=_env(tmp),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {r["row_id"]: r for r in _rows(out)}
+    assert all(r["status"] == "ok" and r["raw_output"] for r in rows.values())
+    return rows
+
+
+def _assert_same_rows(out: Path, reference: dict[str, dict]) -> None:
+    """Every row exactly once, each holding what the fault-free run wrote: status ok, the same output
+    and scores (a healthy row that was quarantined or lost its score after a crash fails here)."""
+    rows = _rows(out)
+    ids = [r["row_id"] for r in rows]
+    assert len(ids) == len(set(ids)) and set(ids) == set(reference)
+    for r in rows:
+        ref = reference[r["row_id"]]
+        assert {c: r[c] for c in ROW_CONTENT} == {c: ref[c] for c in ROW_CONTENT}, r["key"]
 
 
 def _expected_ids(shards_dir: Path) -> set[str]:
@@ -126,7 +156,7 @@ def _kill_group(proc: subprocess.Popen, env: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
-def test_kill_driver_then_rerun_exactly_once(tmp_path, model_dir, shards_dir):
+def test_kill_driver_then_rerun_exactly_once(tmp_path, model_dir, shards_dir, reference_rows):
     out = tmp_path / "out"
     cfg = _config(tmp_path, model_dir, shards_dir, out)
     env = _env(tmp_path)
@@ -145,7 +175,8 @@ def test_kill_driver_then_rerun_exactly_once(tmp_path, model_dir, shards_dir):
     assert len(ids) == len(set(ids)) == len(expected)  # exactly once
     assert set(ids) == expected  # nothing lost
     assert summary["rows_out"] == len(expected) and summary["rows_resumed"] > 0
-    assert summary["rows_in"] == len(expected)
+    assert summary["rows_in"] == len(expected) and summary["errors"] == 0
+    _assert_same_rows(out, reference_rows)
     # a third run has nothing to do and changes nothing
     again = subprocess.run([sys.executable, "-m", "pipeline.cli", "score", str(cfg)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
@@ -154,7 +185,7 @@ def test_kill_driver_then_rerun_exactly_once(tmp_path, model_dir, shards_dir):
 
 
 @pytest.mark.slow
-def test_kill_ray_worker_mid_run(tmp_path, model_dir, shards_dir):
+def test_kill_ray_worker_mid_run(tmp_path, model_dir, shards_dir, reference_rows):
     """SIGKILL the scoring actor's worker process: Ray restarts it and retries; all rows exactly once."""
     import psutil
 
@@ -182,6 +213,7 @@ def test_kill_ray_worker_mid_run(tmp_path, model_dir, shards_dir):
             _kill_group(proc, env)
     ids = [r["row_id"] for r in _rows(out)]
     assert len(ids) == len(set(ids)) == len(_expected_ids(shards_dir))
+    _assert_same_rows(out, reference_rows)
 
 
 def test_changed_config_under_same_run_id_is_refused(tmp_path):
