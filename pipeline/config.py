@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
 
 # qwen-vl-utils 0.0.14 constants (vision_process.py); the official inference leaves them all at default.
 QWEN_FACTOR = 28
@@ -154,7 +156,7 @@ class OutputConfig(_Model):
     storage: StorageOptions = Field(default_factory=StorageOptions)
     partition_cols: list[str] = Field(default_factory=lambda: ["run_id", "shard_group"], description="Hive partition columns.")
     shards_per_group: int = Field(64, ge=1, description="Shards per `shard_group` partition value.")
-    run_id: str | None = Field(None, description="Run id partition value; None = derived from the score-affecting config (model, template, sampling, decode).")
+    run_id: str | None = Field(None, description="Run id partition value; None = derived from every setting that can change a row (`ScoreConfig.scoring_fingerprint`: engine, model, prompt, sampling, frame rule, limits).")
     quarantine_path: str | None = Field(None, description="Where error rows are also written (same schema); None = '<path>-quarantine'.")
     min_rows_per_file: int = Field(64, ge=1, description="Rows buffered per write task (one commit unit, one file per partition).")
 
@@ -179,16 +181,50 @@ class ScoreConfig(_Model):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     def scoring_fingerprint(self) -> str:
-        """Hash of every setting that changes scores (not throughput knobs)."""
-        keep = {
-            "model": self.engine.model, "revision": self.engine.revision, "dtype": self.engine.dtype,
-            "template": self.prompt.template, "sampling": self.sampling.model_dump(),
-            "decode": self.decode.model_dump(include={"fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels", "apply_rotation"}),
-        }
+        """Hash of every setting that can change an output row's content: every field of the config except
+        those listed in `NOT_ROW_AFFECTING` (throughput, placement, location and retry knobs). A new field
+        is row-affecting until it is listed there (tests/test_config.py enumerates every field)."""
+        keep = {k: v for k, v in _flatten(self.model_dump(mode="json")).items() if not _not_row_affecting(k)}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
     def resolved_run_id(self) -> str:
         return self.output.run_id or f"vs2-{self.scoring_fingerprint()}"
+
+
+# Settings that cannot change what any output row holds, only how fast, where, or how often a failure is
+# retried. Everything else (model, revision, dtype, device, tensor parallelism, engine kind and kwargs,
+# max_model_len, the prompt, sampling, the frame rule, decode limits and timeout, read limits and video
+# extensions, shard grouping) is in the scoring fingerprint, hence in the default run id. A dotted prefix
+# covers a whole section. Batching knobs are listed: vLLM is not batch-invariant, but neither are two runs of
+# the same config, so they are treated as throughput. `decode.skip_nonref` is listed because its frames are
+# byte-identical to the full decode (tests/test_skip_nonref.py).
+NOT_ROW_AFFECTING = frozenset({
+    "input.shards", "input.storage", "input.samples_per_block", "input.limit", "input.read_num_cpus",
+    "decode.threads", "decode.skip_nonref", "decode.batch_size", "decode.num_cpus", "decode.actors",
+    "decode.min_actors", "decode.actors_per_engine",
+    "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
+    "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
+    "engine.max_restarts", "engine.max_task_retries",
+    "output.path", "output.storage", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
+    "output.partition_cols",
+    "ray",
+})
+
+
+def _not_row_affecting(dotted: str) -> bool:
+    return any(dotted == k or dotted.startswith(k + ".") for k in NOT_ROW_AFFECTING)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; dict-valued leaf fields (engine_kwargs, env_vars) stay whole."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in ("engine.engine_kwargs", "ray.env_vars"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -197,18 +233,83 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {dotted!r}: {p!r} is not a section")
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
     node[parts[-1]] = value
 
 
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _key_of(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
+    """The config key an error location names (pydantic adds union-member tags such as ``int`` or
+    ``literal['auto']`` after a leaf field: dropped; list indices kept) and the model holding its last name."""
+    model: Any = ScoreConfig
+    holder = None
+    keep: list[Any] = []
+    for part in loc:
+        if model is None:  # past a leaf field
+            if isinstance(part, int):
+                keep.append(part)
+            continue
+        keep.append(part)
+        holder = model
+        f = model.model_fields.get(part) if isinstance(part, str) else None
+        model = f.annotation if f is not None and _is_model(f.annotation) else None
+    return tuple(keep), holder
+
+
+def validation_message(e: ValidationError) -> str:
+    """A pydantic ValidationError of ScoreConfig as one line, one clause per key: unknown keys (with the
+    closest known key), missing keys, wrong values (with the value given)."""
+    import difflib
+
+    clauses: dict[str, list[str]] = {}
+    for err in e.errors():
+        loc, holder = _key_of(tuple(err["loc"]))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), list(holder.model_fields) if holder else [], n=1)
+            hint = f" (did you mean {'.'.join(str(p) for p in loc[:-1] + (close[0],))}?)" if close else ""
+            clauses.setdefault(key, []).append(f"unknown key{hint}")
+        elif err["type"] == "missing":
+            clauses.setdefault(key, []).append("missing (required)")
+        else:
+            given = repr(err.get("input"))
+            given = given if len(given) <= 60 else given[:57] + "..."
+            clauses.setdefault(key, []).append(f"{err['msg']} (got {given})")
+    return "; ".join(f"{k}: {' or '.join(dict.fromkeys(v))}" for k, v in clauses.items())
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None) -> ScoreConfig:
-    """Read a YAML config (or start from `base`) and apply `dotted.key=value` overrides."""
+    """Read a YAML config (or start from `base`) and apply `dotted.key=value` overrides. A missing or
+    unreadable file, invalid YAML, a bad override or an invalid config raise ConfigError, one line."""
     tree: dict[str, Any] = dict(base or {})
+    where = "config"
     if path is not None:
-        tree = yaml.safe_load(Path(path).read_text()) or {}
+        where = f"config {path}"
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"no config file at {path}: the path does not exist")
+        if p.is_dir():
+            raise ConfigError(f"{path} is a folder; expected a YAML config file (see configs/)")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{where}: expected a mapping of sections (input, engine, output, ...), "
+                              f"found a {type(tree).__name__}")
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not dotted.key=value")
+            raise ConfigError(f"override {item!r} is not dotted.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return ScoreConfig.model_validate(tree)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not a YAML scalar ({' '.join(str(e).split())})") from None
+        _set_dotted(tree, key.strip(), value)
+    try:
+        return ScoreConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {validation_message(e)}") from None
