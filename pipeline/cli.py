@@ -1,5 +1,10 @@
 """The `vscore` command. Each subcommand lives in the module that does the work and registers itself
-through an `add_parser(subparsers)` function listed in COMMANDS (one line per command)."""
+through an `add_parser(subparsers)` function listed in COMMANDS (one line per command).
+
+Exit status: what the command returns (0 = done); 2 with one line on stderr, ``vscore <command>: <message>``,
+for a mistake of the user's (pipeline.errors.UsageError: a wrong path, a folder that is not a scores
+dataset, a bad config or expression, a run id that is not there), as argparse does for a bad argument.
+Any other exception is a bug and shows its traceback."""
 
 from __future__ import annotations
 
@@ -35,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
-    return int(a.fn(a) or 0)
+    from pipeline.errors import UsageError
+
+    try:
+        return int(a.fn(a) or 0)
+    except UsageError as e:
+        from pipeline.schema import one_line
+
+        print(f"vscore {a.cmd}: {one_line(str(e))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

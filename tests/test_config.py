@@ -1,9 +1,9 @@
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from pipeline.config import ScoreConfig, load_config
+from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,9 +30,10 @@ def test_dotted_overrides_parse_yaml_scalars():
 
 
 def test_unknown_and_invalid_fields_rejected():
-    with pytest.raises(ValidationError):
+    # one line naming the key (ConfigError: `vscore score` prints it and exits 2)
+    with pytest.raises(ConfigError, match=r"engine\.kindd: unknown key \(did you mean engine\.kind\?\)"):
         load_config(REPO / "configs" / "local.yaml", ["engine.kindd=vllm"])
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError, match="prompt.template: Input should be"):
         load_config(REPO / "configs" / "local.yaml", ["prompt.template=vs3"])
     with pytest.raises(ValueError):
         load_config(REPO / "configs" / "local.yaml", ["no-equals-sign"])

@@ -207,8 +207,9 @@ def test_s3_round_trip(s3, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == len(rows) and summary["partition_cols"] == ["run_id", "shard_group"]
     assert fs.exists("vscore-test/reparse/out/_vscore/reparse-summary.json")
-    with pytest.raises(FileExistsError):
-        main(["reparse", "s3://vscore-test/reparse/in", "s3://vscore-test/reparse/out", *ep])
+    # OUT not empty: one line and exit 2 from the CLI (OutputExistsError, a FileExistsError, from the library)
+    assert main(["reparse", "s3://vscore-test/reparse/in", "s3://vscore-test/reparse/out", *ep]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
 
     with fs.open("vscore-test/reparse/labels.jsonl", "w") as f:
         for r in rows:

@@ -220,7 +220,9 @@ def test_config_outside_working_dir_is_refused(tmp_path):
 
     cfg = tmp_path / "c.yaml"
     shutil.copy(REPO / "configs" / "local.yaml", cfg)
-    with pytest.raises(SystemExit, match="outside the working dir"):
+    from pipeline.errors import UsageError
+
+    with pytest.raises(UsageError, match="outside the working dir"):
         submit(cfg, [], address="http://127.0.0.1:1", working_dir=REPO)
 
 

@@ -8,9 +8,10 @@ import json
 
 def run(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
+
+    cfg = load_config(a.config, a.overrides)  # a bad config fails here, before Ray is imported
     from pipeline.run.job import run as run_job
 
-    cfg = load_config(a.config, a.overrides)
     summary = run_job(cfg, progress_every_s=a.progress_every)
     print(json.dumps(summary, indent=2))
     return 0

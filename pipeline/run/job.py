@@ -20,6 +20,7 @@ import ray
 
 from pipeline.run import resume, stats
 from pipeline.config import ScoreConfig
+from pipeline.errors import UsageError
 from pipeline.stages.decode import DecodeStage
 from pipeline.stages.score import ScoreStage, inflight_root
 from pipeline.run.plan import ResourcePlan, make_plan
@@ -132,7 +133,10 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     run_id = cfg.resolved_run_id()
     all_shards = list_shards(cfg.input.shards, cfg.input.storage)
     if not all_shards:
-        raise SystemExit(f"no shards match {cfg.input.shards!r}")
+        raise UsageError(f"no shards match input.shards={cfg.input.shards!r}")
+    out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
+    if out_fs.isfile(out_root):
+        raise UsageError(f"output.path {cfg.output.path} is a file; expected a folder (new, or holding earlier runs)")
     resume.guard_fingerprint(cfg)
     state = resume.load_state(cfg)
     resume.remove_uncommitted(cfg, state)

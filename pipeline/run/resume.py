@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ScoreConfig
+from pipeline.errors import UsageError
 from pipeline.stages.sink import COMMITS_DIR, commit_dir, quarantine_url
 from pipeline.storage import filesystem
 
@@ -30,8 +31,8 @@ RUNS_DIR = "_vscore/runs"
 SHARDS_DIR = "_vscore/shards"
 
 
-class RunConflict(RuntimeError):
-    pass
+class RunConflict(UsageError):
+    """The output already holds this run id made with other score-affecting settings."""
 
 
 def shard_manifest_dir(cfg: ScoreConfig) -> str:

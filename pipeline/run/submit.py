@@ -4,7 +4,9 @@ This is `ray job submit --working-dir . --runtime-env-json ... -- python jobs/sc
 with `ray.job_submission.JobSubmissionClient` (the same client the `ray job` CLI uses): the working
 directory is zipped and uploaded (big local folders excluded), the job id is printed, the driver's logs
 are followed over the dashboard's websocket, and the job's final status becomes the exit status
-(0 = SUCCEEDED, 1 = FAILED, 2 = STOPPED, 3 = still running when we stopped following).
+(0 = SUCCEEDED, 1 = FAILED, 2 = STOPPED, 3 = still running when we stopped following). A usage error
+(missing or invalid config, no address, wrong working dir) is also 2, with one line on stderr and nothing
+submitted.
 
 The config is validated here, before anything is uploaded, so a typo fails in a second instead of after
 the job has started on the cluster. The config path is passed to the job relative to the working dir,
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
+
+from pipeline.errors import UsageError
 
 log = logging.getLogger("vscore.submit")
 
@@ -67,7 +71,7 @@ def config_relative_to(config: str | Path, working_dir: Path) -> str:
     try:
         return path.relative_to(working_dir.resolve()).as_posix()
     except ValueError:
-        raise SystemExit(f"config {config} is outside the working dir {working_dir}: it must travel with the "
+        raise UsageError(f"config {config} is outside the working dir {working_dir}: it must travel with the "
                          f"upload (put it under {working_dir} or pass --working-dir)") from None
 
 
@@ -77,19 +81,20 @@ def submit(config: str | Path, overrides: list[str], address: str | None, workin
            out: Callable[[str], None] | None = None, timeout_s: float | None = None) -> tuple[str, int]:
     """Submit the scoring job; return (job id, exit status). With `follow`, stream the driver's logs to
     `out` (stdout by default) until the job ends; without, return right after submission with status 0."""
-    from ray.job_submission import JobSubmissionClient
-
     from pipeline.config import load_config
 
     write = out or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    cfg = load_config(config, overrides)  # fail fast on a bad config, before uploading anything
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not address:
-        raise SystemExit("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+        raise UsageError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     wd = Path(working_dir).resolve()
     if not (wd / "jobs" / "score.py").exists():
-        raise SystemExit(f"{wd} has no jobs/score.py: --working-dir must be the vscore checkout")
-    cfg = load_config(config, overrides)  # fail fast on a bad config, before uploading anything
+        raise UsageError(f"--working-dir {working_dir}: no jobs/score.py there; expected the vscore checkout")
     rel = config_relative_to(config, wd)
+
+    from ray.job_submission import JobSubmissionClient
+
     if python is None:
         # On this machine the job must use this interpreter (the venv); on a cluster, the image's python.
         python = sys.executable if is_loopback(address) else "python"
@@ -148,7 +153,10 @@ def parse_runtime_env_json(text: str | None) -> dict[str, Any] | None:
         return None
     if os.path.exists(text):  # a file holding the JSON is accepted too
         text = Path(text).read_text()
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--runtime-env-json: not JSON, nor a file holding it ({e})") from None
     if not isinstance(value, dict):
-        raise SystemExit("--runtime-env-json must be a JSON object")
+        raise UsageError("--runtime-env-json must be a JSON object")
     return value

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from pipeline.config import StorageOptions
+from pipeline.errors import UsageError
 from pipeline.vs2.parse import DIMENSIONS
 from pipeline.storage import filesystem
 
@@ -98,9 +99,9 @@ def select_best(rows: list[dict[str, Any]] | Any, group_by: str = "prompt", aggr
     """Best-of-N over an iterable of score rows (dicts with OUTPUT_SCHEMA column names). One result row
     per group, sorted by group (null group last)."""
     if aggregate not in AGGREGATES:
-        raise ValueError(f"aggregate must be one of {tuple(AGGREGATES)}")
+        raise UsageError(f"aggregate must be one of {tuple(AGGREGATES)}")
     if use not in USES:
-        raise ValueError(f"use must be one of {USES}")
+        raise UsageError(f"use must be one of {USES}")
     agg = AGGREGATES[aggregate]
     primary_cols = [d + _SUFFIX[use] for d in DIMENSIONS]
     tie_cols = [d + ("_soft" if use == "hard" else "") for d in DIMENSIONS]
@@ -155,25 +156,22 @@ def best_of_n(scores_url: str, out_url: str, group_by: str = "prompt", aggregate
               storage: StorageOptions | None = None) -> dict[str, Any]:
     """Read the needed columns of a scores dataset, select per group, write OUT (Parquet, or CSV when the
     path ends with .csv). Returns a summary."""
-    from pipeline.tools.reparse import open_scores_dataset
+    from pipeline.tools.dataset import open_scores
 
     storage = storage or StorageOptions()
-    dset, _ = open_scores_dataset(scores_url, storage)
-    names = dset.schema.names
+    if use not in _SUFFIX:
+        raise UsageError(f"use must be one of {USES}")
     group_col = "meta_json" if group_by.startswith("meta.") else group_by
+    required = ["status", *(d + _SUFFIX[use] for d in DIMENSIONS)]
+    sd = open_scores(scores_url, storage, need=required, run_id=run_id)
+    dset = sd.dataset
+    names = dset.schema.names
     if group_col not in names:
-        raise ValueError(f"--group-by {group_by!r}: the scores have no column {group_col!r}")
+        raise UsageError(f"--group-by {group_by!r}: the scores at {scores_url} have no column {group_col!r}")
     wanted = {group_col, "key", "row_id", "shard", "status", "out_of_range",
               *DIMENSIONS, *(f"{d}_soft" for d in DIMENSIONS), *(d + _SUFFIX[use] for d in DIMENSIONS)}
-    required = {"status", *(d + _SUFFIX[use] for d in DIMENSIONS)}
-    if required - set(names):
-        raise ValueError(f"the scores lack columns {sorted(required - set(names))}")
     cols = [c for c in names if c in wanted]
-    filt = None
-    if run_id is not None:
-        if "run_id" not in names:
-            raise ValueError("--run-id given but the scores have no run_id column")
-        filt = pads.field("run_id") == run_id
+    filt = sd.run_filter(run_id)
     result = select_best(_iter_rows(dset, cols, filt), group_by=group_by, aggregate=aggregate, use=use,
                          keep_out_of_range=keep_out_of_range)
     table = pa.Table.from_pylist(result, schema=RESULT_SCHEMA)

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import pyarrow.dataset as pads
 
 from pipeline.config import StorageOptions
+from pipeline.errors import UsageError
 from pipeline.vs2.parse import DIMENSIONS
 from pipeline.storage import filesystem
 
@@ -133,7 +133,7 @@ def normalise_preference(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):
-        raise ValueError(f"unrecognised preference label {value!r}")
+        raise UsageError(f"unrecognised preference label {value!r}")
     if isinstance(value, (int, float)) and float(value).is_integer():
         value = str(int(value))
     v = str(value).strip().lower()
@@ -145,7 +145,7 @@ def normalise_preference(value: Any) -> str | None:
         return "B"
     if v in PREF_SAME:
         return "same"
-    raise ValueError(f"unrecognised preference label {value!r} (expected A/B/same, 1/2/same or "
+    raise UsageError(f"unrecognised preference label {value!r} (expected A/B/same, 1/2/same or "
                      "'Video 1 better'/'Video 2 better'/'Same')")
 
 
@@ -188,26 +188,48 @@ def _key(v: Any) -> str | None:
 
 # --------------------------------------------------------------------------- label files
 
+LABEL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq")
+
+
 def read_records(url: str, storage: StorageOptions | None = None) -> list[dict[str, Any]]:
     """Rows of a label file: JSONL (.jsonl/.ndjson), JSON (a list of objects), CSV/TSV or Parquet."""
     fs, path = filesystem(url, storage or StorageOptions())
     low = path.lower()
+    if not fs.exists(path):
+        raise UsageError(f"no labels file at {url}: the path does not exist")
+    if fs.isdir(path):
+        raise UsageError(f"{url} is a folder; expected a labels file ({', '.join(LABEL_SUFFIXES)})")
     if low.endswith((".parquet", ".pq")):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         with fs.open(path, "rb") as f:
-            return pq.read_table(f).to_pylist()
+            try:
+                return pq.read_table(f).to_pylist()
+            except pa.ArrowInvalid as e:
+                raise UsageError(f"labels {url}: not a Parquet file ({e})") from None
     with fs.open(path, "rb") as f:
-        text = f.read().decode("utf-8-sig")
-    if low.endswith((".csv", ".tsv")):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if low.endswith(".tsv") else ",")
-        return [{k: (None if v == "" else v) for k, v in row.items()} for row in reader]
-    if low.endswith(".json"):
-        data = json.loads(text)
-        if isinstance(data, dict):  # {"key": {...}} -> rows with a key column
-            return [{"key": k, **v} for k, v in data.items()]
-        return list(data)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+        if low.endswith((".csv", ".tsv")):
+            reader = csv.DictReader(io.StringIO(text), delimiter="\t" if low.endswith(".tsv") else ",")
+            return [{k: (None if v == "" else v) for k, v in row.items()} for row in reader]
+        if low.endswith(".json"):
+            data = json.loads(text)
+            if isinstance(data, dict):  # {"key": {...}} -> rows with a key column
+                return [{"key": k, **v} for k, v in data.items()]
+            rows = list(data)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
+        kind = "CSV" if low.endswith((".csv", ".tsv")) else "JSON" if low.endswith(".json") else "JSON lines"
+        raise UsageError(f"labels {url}: not valid {kind} ({e})") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise UsageError(f"labels {url}: expected one JSON object per label")
+    if not rows:
+        raise UsageError(f"labels {url}: the file holds no labels")
+    return rows
 
 
 def parse_label_columns(spec: str | None) -> dict[str, str]:
@@ -217,7 +239,7 @@ def parse_label_columns(spec: str | None) -> dict[str, str]:
         if not part.strip():
             continue
         if "=" not in part:
-            raise ValueError(f"--label-columns entries are NAME=COLUMN, got {part!r}")
+            raise UsageError(f"--label-columns entries are NAME=COLUMN, got {part!r}")
         name, col = (s.strip() for s in part.split("=", 1))
         out[SHORT.get(name, name)] = col
     return out
@@ -265,7 +287,7 @@ class ScoreIndex:
 
 def score_columns(use: str) -> tuple[str, str, str]:
     if use not in USES:
-        raise ValueError(f"--use must be one of {USES}")
+        raise UsageError(f"--use must be one of {USES}")
     suffix = {"hard": "", "soft": "_soft", "expected": "_expected"}[use]
     return tuple(d + suffix for d in DIMENSIONS)  # type: ignore[return-value]
 
@@ -273,19 +295,12 @@ def score_columns(use: str) -> tuple[str, str, str]:
 def load_scores(url: str, use: str = "soft", storage: StorageOptions | None = None, key_column: str = "key",
                 run_id: str | None = None) -> ScoreIndex:
     """Read only the needed columns of a scores dataset (hive directory or Parquet file)."""
-    from pipeline.tools.reparse import open_scores_dataset
+    from pipeline.tools.dataset import open_scores
 
-    dset, _ = open_scores_dataset(url, storage)
     cols = score_columns(use)
     need = [key_column, "status", *cols]
-    missing = [c for c in need if c not in dset.schema.names]
-    if missing:
-        raise ValueError(f"scores dataset {url} lacks columns {missing}")
-    filt = None
-    if run_id is not None:
-        if "run_id" not in dset.schema.names:
-            raise ValueError("--run-id given but the scores have no run_id column")
-        filt = pads.field("run_id") == run_id
+    sd = open_scores(url, storage, need=need, run_id=run_id)
+    dset, filt = sd.dataset, sd.run_filter(run_id)
     index = ScoreIndex(use=use)
     dups: list[str] = []
     for batch in dset.to_batches(columns=need, filter=filt):
@@ -298,7 +313,7 @@ def load_scores(url: str, use: str = "soft", storage: StorageOptions | None = No
                 dups.append(k)
             index.rows[k] = (d["status"][i], tuple(d[c][i] for c in cols))  # type: ignore[assignment]
     if dups:
-        raise ValueError(f"{len(dups)} duplicate {key_column!r} values in the scores (e.g. {sorted(set(dups))[:5]}); "
+        raise UsageError(f"{len(dups)} duplicate {key_column!r} values in the scores (e.g. {sorted(set(dups))[:5]}); "
                          "select one run with --run-id or use a unique --score-key")
     return index
 
@@ -335,7 +350,7 @@ def _avg(per_dim: list[dict[str, Any]]) -> dict[str, float | None]:
 def evaluate_point(labels: list[dict[str, Any]], scores: ScoreIndex, benchmark: str = "generic",
                    label_columns: dict[str, str] | None = None, max_listed: int = 20) -> dict[str, Any]:
     if benchmark not in ("generic", "mjbench", "videophy2", "t2vqa"):
-        raise ValueError(f"benchmark {benchmark!r} has no point-score protocol")
+        raise UsageError(f"benchmark {benchmark!r} has no point-score protocol")
     mapping = dict(label_columns or {})
     cols = _columns(labels)
     key_col = mapping.get("key") or _find(cols, KEY_ALIASES)
@@ -344,7 +359,7 @@ def evaluate_point(labels: list[dict[str, Any]], scores: ScoreIndex, benchmark: 
         key_col = _find(cols, PATH_KEY_ALIASES)
         key_fn = _path_key
     if key_col is None:
-        raise ValueError(f"labels have no key column (looked for {KEY_ALIASES + PATH_KEY_ALIASES}; use --label-columns key=COL)")
+        raise UsageError(f"labels have no key column (looked for {KEY_ALIASES + PATH_KEY_ALIASES}; use --label-columns key=COL)")
     dims, needed = _point_dims(benchmark)
     gt_col = {}
     for d in dims:
@@ -355,11 +370,11 @@ def evaluate_point(labels: list[dict[str, Any]], scores: ScoreIndex, benchmark: 
     if benchmark in ("mjbench", "t2vqa"):
         overall_col = mapping.get("overall") or _find(cols, POINT_ALIASES["overall"])
         if benchmark == "t2vqa" and overall_col is None:
-            raise ValueError("t2vqa point evaluation needs an overall label column (quality_score/overall)")
+            raise UsageError("t2vqa point evaluation needs an overall label column (quality_score/overall)")
     if benchmark in ("mjbench", "videophy2") and set(gt_col) != set(dims):
-        raise ValueError(f"{benchmark} needs label columns for {list(dims)}; found {gt_col}")
+        raise UsageError(f"{benchmark} needs label columns for {list(dims)}; found {gt_col}")
     if not gt_col and overall_col is None:
-        raise ValueError(f"no label columns found for {list(dims)} (use --label-columns)")
+        raise UsageError(f"no label columns found for {list(dims)} (use --label-columns)")
 
     preds = {d: [] for d in gt_col}
     gts = {d: [] for d in gt_col}
@@ -372,7 +387,7 @@ def evaluate_point(labels: list[dict[str, Any]], scores: ScoreIndex, benchmark: 
     for row in labels:
         key = key_fn(row.get(key_col))
         if key is not None and key in seen:
-            raise ValueError(f"duplicate key {key!r} in the labels")
+            raise UsageError(f"duplicate key {key!r} in the labels")
         if key is not None:
             seen.add(key)
         got, reason = scores.lookup(key, needed)
@@ -429,7 +444,7 @@ def _agg(kind: str) -> Callable[[dict[str, float]], float]:
     if kind in SHORT:
         d = SHORT[kind]
         return lambda s: s[d]
-    raise ValueError(f"--compare must be one of {COMPARES}")
+    raise UsageError(f"--compare must be one of {COMPARES}")
 
 
 def _pair_specs(benchmark: str, compare: str | None) -> list[tuple[str, list[str], str]]:
@@ -445,7 +460,7 @@ def _pair_specs(benchmark: str, compare: str | None) -> list[tuple[str, list[str
         return [("visual_quality", ["visual_quality", "vq"], "v"), ("text_alignment", ["text_alignment", "ta"], "t"),
                 ("physical_consistency", ["physical_consistency", "pc"], "p"),
                 ("overall", ["label", "overall", "preference"], compare or "mean")]
-    raise ValueError(f"benchmark {benchmark!r} has no pairwise protocol")
+    raise UsageError(f"benchmark {benchmark!r} has no pairwise protocol")
 
 
 def evaluate_pairwise(pairs: list[dict[str, Any]], scores: ScoreIndex, benchmark: str = "generic", ties: bool = True,
@@ -462,7 +477,7 @@ def evaluate_pairwise(pairs: list[dict[str, Any]], scores: ScoreIndex, benchmark
             found = next(((a, b) for a, b in PAIR_PATH_ALIASES if _find(cols, [a]) and _find(cols, [b])), None)
             key_fn = _path_key
         if found is None:
-            raise ValueError("pair labels need key_a and key_b columns (or use --label-columns key_a=COL,key_b=COL)")
+            raise UsageError("pair labels need key_a and key_b columns (or use --label-columns key_a=COL,key_b=COL)")
         ka, kb = _find(cols, [found[0]]), _find(cols, [found[1]])
     specs = []
     for name, aliases, how in _pair_specs(benchmark, compare):
@@ -470,7 +485,7 @@ def evaluate_pairwise(pairs: list[dict[str, Any]], scores: ScoreIndex, benchmark
         if col is not None:
             specs.append((name, col, _agg(how), how))
     if not specs:
-        raise ValueError(f"no preference label column found for {benchmark} (use --label-columns overall=COL)")
+        raise UsageError(f"no preference label column found for {benchmark} (use --label-columns overall=COL)")
 
     res = {name: Counter() for name, *_ in specs}
     reasons: Counter = Counter()
@@ -518,7 +533,7 @@ def evaluate(scores_url: str, labels_url: str, kind: str = "auto", benchmark: st
              label_columns: dict[str, str] | None = None, score_key: str = "key", run_id: str | None = None,
              storage: StorageOptions | None = None) -> dict[str, Any]:
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"--benchmark must be one of {BENCHMARKS}")
+        raise UsageError(f"--benchmark must be one of {BENCHMARKS}")
     labels = read_records(labels_url, storage)
     if kind == "auto":
         if benchmark in ("videogen-rewardbench", "t2vqa"):
@@ -534,7 +549,7 @@ def evaluate(scores_url: str, labels_url: str, kind: str = "auto", benchmark: st
     if kind == "pairwise":
         return evaluate_pairwise(labels, scores, benchmark, ties=ties, tie_band=tie_band, compare=compare,
                                  label_columns=label_columns)
-    raise ValueError("--kind must be point, pairwise or auto")
+    raise UsageError("--kind must be point, pairwise or auto")
 
 
 def format_report(res: dict[str, Any]) -> str:

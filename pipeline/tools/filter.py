@@ -33,6 +33,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.config import StorageOptions
+from pipeline.errors import UsageError
 from pipeline.stages.read import SHARD_PATTERN, _split_member
 from pipeline.storage import with_protocol, filesystem
 
@@ -52,7 +53,10 @@ ALLOWED_CLASSES = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTIO
                              "CASE", "FUNCTION"})
 
 
-class ExpressionError(ValueError):
+MANIFEST_SUFFIXES = (".parquet", ".pq", ".jsonl", ".json", ".ndjson")
+
+
+class ExpressionError(UsageError):
     """The --where expression is not a plain expression over the dataset's columns."""
 
 
@@ -157,18 +161,6 @@ def compile_where(expr: str, columns: list[str] | tuple[str, ...]) -> tuple[str,
 
 # --------------------------------------------------------------------------- the dataset
 
-def open_scores(url: str, storage: StorageOptions):
-    """A lazy pyarrow dataset over the scores (hive-partitioned root or one Parquet file)."""
-    import pyarrow.dataset as pads
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, root = filesystem(url, storage)
-    pa_fs = PyFileSystem(FSSpecHandler(fs))
-    if fs.isdir(root):
-        return pads.dataset(root, format="parquet", partitioning="hive", filesystem=pa_fs)
-    return pads.dataset(root, format="parquet", filesystem=pa_fs)
-
-
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -264,21 +256,21 @@ class ShardSink:
 def filter_scores(scores: str, out: str, where: str, storage: StorageOptions | None = None, shards_out: str | None = None,
                   shard_size: int = 1000, run_id: str | None = None) -> dict[str, Any]:
     """Filter `scores` by `where`; write the manifest to `out` (and shards to `shards_out`). Returns the counts."""
+    from pipeline.tools.dataset import open_scores
+
     storage = storage or StorageOptions()
-    dset = open_scores(scores, storage)
+    if not out.lower().endswith(MANIFEST_SUFFIXES):
+        raise UsageError(f"manifest {out!r}: use a .parquet or .jsonl file name")
+    sd = open_scores(scores, storage, need=("row_id", "shard", "key"), run_id=run_id)
+    dset = sd.dataset
     columns = list(dset.schema.names)
-    for need in ("row_id", "shard", "key"):
-        if need not in columns:
-            raise ExpressionError(f"{scores} is not a vscore scores dataset (no {need!r} column)")
     expr, conditions, used = compile_where(where, columns)
     con = _connect()
     try:
         con.register("scores_all", dset)
-        runs = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM scores_all ORDER BY 1").fetchall()] if "run_id" in columns else []
+        runs = [run_id] if run_id is not None else sd.runs()
         if run_id is not None:
-            if run_id not in runs:
-                raise ExpressionError(f"run {run_id!r} is not in {scores} (runs: {', '.join(runs) or 'none'})")
-            literal = "'" + run_id.replace("'", "''") + "'"  # a value from the data itself (checked above)
+            literal = "'" + run_id.replace("'", "''") + "'"  # a value from the data itself (open_scores checked it)
             con.execute(f"CREATE TEMP VIEW scores AS SELECT * FROM scores_all WHERE run_id = {literal}")
         elif len(runs) > 1:
             raise ExpressionError(f"{scores} holds {len(runs)} runs ({', '.join(runs)}): choose one with --run-id")
@@ -383,7 +375,7 @@ def _write_manifest(con, keep_cols: list[str], out: str, storage: StorageOptions
             for batch in table.to_batches(max_chunksize=4096):
                 f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch.to_pylist()).encode())
     else:
-        raise ExpressionError(f"manifest {out!r}: use a .parquet or .jsonl file name")
+        raise UsageError(f"manifest {out!r}: use a .parquet or .jsonl file name")
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -37,6 +37,8 @@ import pyarrow.dataset as pads
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.config import StorageOptions
+from pipeline.errors import OutputExistsError, UsageError
+from pipeline.tools.dataset import open_scores
 from pipeline.vs2.parse import DIMENSIONS, parse_output
 from pipeline.schema import OUTPUT_SCHEMA
 from pipeline.storage import filesystem
@@ -44,6 +46,8 @@ from pipeline.storage import filesystem
 log = logging.getLogger(__name__)
 
 SUMMARY_DIR = "_vscore"  # skipped by pyarrow/duckdb dataset discovery (leading "_")
+# what a reparse reads: the non-nullable columns of OUTPUT_SCHEMA and the text it parses
+NEEDED = ("row_id", "run_id", "shard_group", "status", "raw_output")
 _REPARSED = (*DIMENSIONS, *(f"{d}_soft" for d in DIMENSIONS), *(f"{d}_expected" for d in DIMENSIONS),
              "rationale", "parse_mode", "out_of_range")
 
@@ -52,30 +56,10 @@ _REPARSED = (*DIMENSIONS, *(f"{d}_soft" for d in DIMENSIONS), *(f"{d}_expected" 
 
 def open_scores_dataset(url: str, storage: StorageOptions | None = None) -> tuple[pads.Dataset, list[str]]:
     """A pyarrow dataset over a scores dataset (hive directory or a single Parquet file) and the names of
-    its hive partition columns. Partition columns are typed as in OUTPUT_SCHEMA (strings), never
-    inferred: ``run_id=123`` stays the string "123"."""
-    fs, path = filesystem(url, storage or StorageOptions())
-    pa_fs = PyFileSystem(FSSpecHandler(fs))
-    if fs.isfile(path):
-        return pads.dataset(path, format="parquet", filesystem=pa_fs), []
-    if not fs.exists(path):
-        raise FileNotFoundError(f"no scores dataset at {url}")
-    found = pads.dataset(path, format="parquet", filesystem=pa_fs,
-                         partitioning=pads.HivePartitioning.discover(infer_dictionary=False))
-    # partition names from the directory segments of a file (pyarrow's discovered partitioning reports the
-    # whole file schema when there are no partition directories)
-    names: list[str] = []
-    if found.files:
-        rel = found.files[0][len(path.rstrip("/")) + 1:] if found.files[0].startswith(path.rstrip("/") + "/") else found.files[0]
-        names = [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
-        names = [n for n in names if n in found.schema.names]
-    if not names:
-        return found, []
-    fields = [pa.field(n, OUTPUT_SCHEMA.field(n).type if n in OUTPUT_SCHEMA.names else pa.string()) for n in names]
-    if all(found.schema.field(f.name).type == f.type for f in fields):
-        return found, names
-    explicit = pads.partitioning(pa.schema(fields), flavor="hive")
-    return pads.dataset(path, format="parquet", filesystem=pa_fs, partitioning=explicit), names
+    its hive partition columns, checked by pipeline.tools.dataset.open_scores (ScoresDatasetError when
+    `url` is not one)."""
+    sd = open_scores(url, storage)
+    return sd.dataset, sd.partitions
 
 
 def conform(batch: pa.RecordBatch, dropped: set[str] | None = None) -> pa.RecordBatch:
@@ -155,19 +139,20 @@ def reparse_dataset(src: str, dest: str, storage: StorageOptions | None = None, 
     Returns (and writes under ``dest/_vscore/``) a summary."""
     storage = storage or StorageOptions()
     t0 = time.time()
-    dset, in_parts = open_scores_dataset(src, storage)
+    sd = open_scores(src, storage, need=NEEDED)
+    dset, in_parts = sd.dataset, sd.partitions
     parts = list(in_parts) if partition_cols is None else list(partition_cols)
     unknown = [c for c in parts if c not in OUTPUT_SCHEMA.names]
     if unknown:
-        raise ValueError(f"partition columns not in the output schema: {unknown}")
+        raise UsageError(f"--partition-cols: {', '.join(unknown)} not in the output schema")
     in_fs, in_path = filesystem(src, storage)
     out_fs, out_path = filesystem(dest, storage)
     if type(in_fs) is type(out_fs) and _same_or_nested(in_fs._strip_protocol(in_path), out_fs._strip_protocol(out_path)):
-        raise ValueError(f"OUT ({dest}) must not be IN ({src}) or inside it (or contain it)")
+        raise UsageError(f"OUT ({dest}) must not be IN ({src}) or inside it (or contain it)")
     if out_fs.exists(out_path):
         if out_fs.isfile(out_path) or out_fs.ls(out_path):
             if not overwrite:
-                raise FileExistsError(f"{dest} exists and is not empty (use --overwrite to replace it)")
+                raise OutputExistsError(f"{dest} exists and is not empty (use --overwrite to replace it)")
             out_fs.rm(out_path, recursive=True)
     out_fs.makedirs(out_path, exist_ok=True)
 

@@ -44,26 +44,20 @@ RATIONALE_CHARS = 1500
 
 def load_scores(url: str, storage: StorageOptions | None = None, run_id: str | None = None) -> tuple[pa.Table, list[dict[str, Any]]]:
     """The scores table (all runs, or one) and the run summaries found under ``_vscore/``."""
-    import pyarrow.dataset as pads
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
+    from pipeline.tools.dataset import open_scores
     from pipeline.storage import filesystem
 
     storage = storage or StorageOptions()
-    fs, root = filesystem(url, storage)
-    pa_fs = PyFileSystem(FSSpecHandler(fs))
+    sd = open_scores(url, storage, run_id=run_id)
     summaries: list[dict[str, Any]] = []
-    if fs.isdir(root):
-        dset = pads.dataset(root, format="parquet", partitioning="hive", filesystem=pa_fs)
-        for p in sorted(fs.glob(f"{root.rstrip('/')}/_vscore/summary-*.json")):
+    if sd.root:
+        fs, _ = filesystem(url, storage)
+        for p in sorted(fs.glob(f"{sd.root}/_vscore/summary-*.json")):
             try:
                 summaries.append(json.loads(fs.cat(p)))
             except (OSError, ValueError) as e:  # a summary is a bonus, never a failure
                 log.warning("skipping %s: %s", p, e)
-    else:
-        dset = pads.dataset(root, format="parquet", filesystem=pa_fs)
-    filt = (pads.field("run_id") == run_id) if run_id and "run_id" in dset.schema.names else None
-    table = dset.to_table(filter=filt)
+    table = sd.dataset.to_table(filter=sd.run_filter(run_id))
     # hive partition columns may come back dictionary-encoded: plain strings are easier downstream
     cols = [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in table.columns]
     table = pa.Table.from_arrays(cols, names=table.column_names)
@@ -463,7 +457,7 @@ ABBR = {"visual_quality": "VQ", "text_alignment": "TA", "physical_consistency": 
 
 def _example_html(r: dict[str, Any]) -> str:
     scores = "   ".join(f"{ABBR[d]} {_score(r.get(d))} (soft {_fmt(r.get(f'{d}_soft'))})" for d in DIMENSIONS)
-    rationale = r.get("rationale") or r.get("raw_output") or ""
+    rationale = next((v for v in (r.get("rationale"), r.get("raw_output")) if isinstance(v, str) and v), "")  # NaN = null
     cut = len(rationale) > RATIONALE_CHARS
     rationale = rationale[:RATIONALE_CHARS] + (" …" if cut else "")
     return (f'<div class="ex"><h4>{_e(r.get("key"))} <span class="note">{_e(r.get("shard"))}</span></h4>'
