@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
 
@@ -24,6 +24,10 @@ QWEN_FPS_MAX_FRAMES = 768
 QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28  # 100,352
 QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28  # 602,112
 QWEN_VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # ~90.3M; MODEL_SEQ_LEN-derived default
+
+
+# Output columns a run may be partitioned by (see OutputConfig.partition_cols).
+PARTITION_COLUMNS = ("run_id", "shard_group", "status", "error_stage", "parse_mode", "template", "model")
 
 
 class _Model(BaseModel):
@@ -154,9 +158,22 @@ class EngineConfig(_Model):
 class OutputConfig(_Model):
     path: str = Field(..., description="Output dataset root (fsspec URL: local path or s3://...).")
     storage: StorageOptions = Field(default_factory=StorageOptions)
-    partition_cols: list[str] = Field(default_factory=lambda: ["run_id", "shard_group"], description="Hive partition columns.")
+    partition_cols: list[str] = Field(default_factory=lambda: ["run_id", "shard_group"], description=(
+        "Hive partition columns, from " + ", ".join(PARTITION_COLUMNS) + ": low-cardinality columns whose values come from "
+        "the config or the pipeline, never from sample data (keys, prompts and shard URLs are unbounded). Values are "
+        "percent-encoded in the path, so a value is never a path."))
+
+    @field_validator("partition_cols")
+    @classmethod
+    def _safe_partitions(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in PARTITION_COLUMNS]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"partition_cols {v}: each once, from {list(PARTITION_COLUMNS)}")
+        return v
     shards_per_group: int = Field(64, ge=1, description="Shards per `shard_group` partition value.")
-    run_id: str | None = Field(None, description="Run id partition value; None = derived from every setting that can change a row (`ScoreConfig.scoring_fingerprint`: engine, model, prompt, sampling, frame rule, limits).")
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="(letters, digits, '.', '_', '-'; it names "
+                               "folders and marker files) "
+                               "Run id partition value; None = derived from every setting that can change a row (`ScoreConfig.scoring_fingerprint`: engine, model, prompt, sampling, frame rule, limits).")
     quarantine_path: str | None = Field(None, description="Where error rows are also written (same schema); None = '<path>-quarantine'.")
     min_rows_per_file: int = Field(64, ge=1, description="Rows buffered per write task (one commit unit, one file per partition).")
 
@@ -296,7 +313,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+            mark = getattr(e, "problem_mark", None)
+            at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            raise ConfigError(f"{where} is not valid YAML: {at}{getattr(e, 'problem', None) or e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{where}: expected a mapping of sections (input, engine, output, ...), "
                               f"found a {type(tree).__name__}")

@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.config import ScoreConfig
 from pipeline.errors import UsageError
-from pipeline.stages.sink import COMMITS_DIR, commit_dir, quarantine_url
+from pipeline.stages.sink import COMMITS_DIR, commit_dir, partition_segment, quarantine_url
 from pipeline.storage import filesystem
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
         if "run_id" not in cfg.output.partition_cols:
             log.warning("output is not partitioned by run_id: leftovers of interrupted runs are not cleaned up")
             return removed
-        base = f"{root.rstrip('/')}/run_id={run_id}"
+        base = f"{root.rstrip('/')}/{partition_segment('run_id', run_id)}"
         if not fs.exists(base):
             continue
         for path in fs.find(base):

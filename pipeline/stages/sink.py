@@ -20,6 +20,7 @@ import posixpath
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,8 +42,18 @@ def commit_dir(root: str, run_id: str) -> str:
     return f"{root.rstrip('/')}/{COMMITS_DIR}/{run_id}"
 
 
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # Hive's, Spark's and pyarrow's name for a null partition value
+
+
+def partition_segment(col: str, value: Any) -> str:
+    """One hive path segment `col=value`, the value percent-encoded (every byte but letters, digits and
+    `_.-~`), so a value is never a path: `../x` -> `..%2Fx`. pyarrow (hive flavor, segment_encoding "uri"),
+    Spark and DuckDB decode it back to the value."""
+    return f"{col}={HIVE_NULL if value is None else quote(str(value), safe='')}"
+
+
 def _partition_path(root: str, cols: list[str], values: tuple[Any, ...], digest: str) -> str:
-    parts = [f"{c}={v}" for c, v in zip(cols, values)]
+    parts = [partition_segment(c, v) for c, v in zip(cols, values)]
     return posixpath.join(root.rstrip("/"), *parts, f"part-{digest}.parquet")
 
 
@@ -57,7 +68,8 @@ def _write_partitioned(fs: Any, root: str, table: pa.Table, cols: list[str], dig
         for k in keys:
             mask = None
             for c in cols:
-                m = pc.equal(table[c], k[c])
+                # a null value is its own partition (Hive's default partition), never dropped by equal()
+                m = pc.is_null(table[c]) if k[c] is None else pc.fill_null(pc.equal(table[c], k[c]), False)
                 mask = m if mask is None else pc.and_(mask, m)
             groups.append((tuple(k[c] for c in cols), table.filter(mask)))
     for values, part in groups:
