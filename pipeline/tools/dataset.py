@@ -26,6 +26,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.config import StorageOptions
@@ -55,7 +56,7 @@ class ScoresDataset:
             found = set()
             for f in self.files:
                 for seg in _rel(f, self.root).split("/")[:-1]:
-                    if seg.startswith("run_id="):
+                    if seg.startswith("run_id=") and seg != "run_id=__HIVE_DEFAULT_PARTITION__":  # (a null)
                         found.add(unquote(seg[len("run_id="):]))
             return sorted(found)
         if "run_id" not in self.dataset.schema.names:
@@ -83,8 +84,20 @@ def _join(url: str, rel: str) -> str:
     return url.rstrip("/") + "/" + rel
 
 
-def _suggest(url: str, subdirs: set[str]) -> str:
-    cands = sorted(subdirs, key=lambda s: (s.count("/"), s))
+def _suggest(url: str, nested: dict[str, str], fs) -> str:
+    """'did you mean URL/sub?' for the subfolders holding Parquet datasets, those that look like scores
+    datasets (their first file has the base columns) first and alone when there are any."""
+    cands = sorted(nested, key=lambda s: (s.count("/"), s))
+    scores = []
+    for c in cands[:_LISTED]:
+        try:
+            with fs.open(nested[c], "rb") as f:
+                names = pq.read_schema(f).names
+        except (OSError, pa.ArrowException):
+            continue
+        if all(b in names for b in BASE_COLUMNS):
+            scores.append(c)
+    cands = scores or cands
     if len(cands) == 1:
         return f"did you mean {_join(url, cands[0])}?"
     return f"did you mean one of {_names(_join(url, c) for c in cands)}?"
@@ -97,7 +110,7 @@ def open_scores(url: str, storage: StorageOptions | None = None, need: tuple[str
     pa_fs = PyFileSystem(FSSpecHandler(fs))
     if not fs.exists(path):
         raise ScoresDatasetError(f"no scores dataset at {url}: the path does not exist")
-    nested: set[str] = set()
+    nested: dict[str, str] = {}  # subfolder holding a dataset of its own -> its first Parquet file
     if fs.isfile(path):
         try:
             dset = pads.dataset(path, format="parquet", filesystem=pa_fs)
@@ -110,7 +123,7 @@ def open_scores(url: str, storage: StorageOptions | None = None, need: tuple[str
     names = sd.dataset.schema.names
     missing = [c for c in dict.fromkeys([*BASE_COLUMNS, *need]) if c not in names]
     if missing:
-        hint = f"; {_suggest(url, nested)}" if nested else ""
+        hint = f"; {_suggest(url, nested, fs)}" if nested else ""
         if any(c in names for c in BASE_COLUMNS) and len(set(names) & set(OUTPUT_SCHEMA.names)) > len(names) // 2:
             raise ScoresDatasetError(f"the scores at {url} lack the column(s) {_names(missing)} this command needs{hint}")
         raise ScoresDatasetError(f"{url} is not a vscore scores dataset: a Parquet dataset of another schema, without "
@@ -129,7 +142,7 @@ def open_scores(url: str, storage: StorageOptions | None = None, need: tuple[str
     return sd
 
 
-def _open_folder(url: str, fs, path: str, pa_fs, nested: set[str]) -> ScoresDataset:
+def _open_folder(url: str, fs, path: str, pa_fs, nested: dict[str, str]) -> ScoresDataset:
     root = path.rstrip("/")
     data: list[str] = []
     others: list[str] = []
@@ -147,11 +160,11 @@ def _open_folder(url: str, fs, path: str, pa_fs, nested: set[str]) -> ScoresData
             data.append(f)
         else:  # under an ordinary folder: a dataset of its own, rooted before its first hive segment
             k = next((i for i, s in enumerate(dirs) if "=" in s), len(dirs))
-            nested.add("/".join(dirs[:max(k, first_plain + 1)]))
+            nested.setdefault("/".join(dirs[:max(k, first_plain + 1)]), f)
     if not data:
         if nested:
             raise ScoresDatasetError(f"no scores dataset at {url}: its Parquet files are in a subfolder; "
-                                     f"{_suggest(url, nested)}")
+                                     f"{_suggest(url, nested, fs)}")
         if others:
             raise ScoresDatasetError(f"no scores dataset at {url}: no Parquet files there, only other files "
                                      f"({_names(others, 4)})")
