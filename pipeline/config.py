@@ -66,7 +66,8 @@ class InputConfig(_Model):
                         "({000000..000099}, {a,b}); a comma-free list may also be given as several URLs separated by spaces.")
     storage: StorageOptions = Field(default_factory=StorageOptions)
     samples_per_block: int = Field(8, ge=1, description="Samples per Ray Data block emitted by the shard reader.")
-    max_sample_bytes: int = Field(1 << 30, ge=1, description="A video member larger than this becomes an error row (read stage) and is never loaded.")
+    max_sample_bytes: int = Field(1 << 30, ge=1, description="Bytes one sample (all its tar members together, or one manifest video) may hold; "
+                                  "a sample past it is an error row (read stage) and the members past the limit are never loaded.")
     video_extensions: list[str] = Field(default_factory=lambda: ["mp4", "webm", "mkv", "mov", "avi", "gif"],
                                         description="Member extensions treated as the sample's video (first match wins).")
     limit: int | None = Field(None, ge=1, description="Score at most this many samples (debugging).")

@@ -107,6 +107,39 @@ def test_max_sample_bytes_enforced(tmp_path):
     assert rows[0]["status"] == "error" and "max_sample_bytes" in rows[0]["error"] and rows[0]["video"] == b""
 
 
+def test_max_sample_bytes_is_per_sample_not_per_member(tmp_path, monkeypatch):
+    """Many members of one key, each under the limit, together over it: the sample is an error row and the
+    members past the limit are never read (counted through tarfile's reads)."""
+    members = [(f"k.part{i}", b"y" * 400) for i in range(50)] + [("k.mp4", b"x" * 300), ("k.json", b'{"prompt": "p"}')]
+    members += [("ok.mp4", b"v" * 300), ("ok.json", b'{"prompt": "q"}')]
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(tar_bytes(members))
+    reads = []
+    real = tarfile.ExFileObject.read
+
+    def counting(self, *a, **kw):
+        data = real(self, *a, **kw)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(tarfile.ExFileObject, "read", counting)
+    rows = {r["key"]: r for r in iter_shard(str(shard), "0", InputConfig(shards="x", max_sample_bytes=1000))}
+    assert rows["k"]["status"] == "error" and "past max_sample_bytes 1000" in rows["k"]["error"]
+    assert rows["ok"]["status"] == "ok" and rows["ok"]["video"] == b"v" * 300
+    assert sum(reads) <= 1000 + 300 + 40  # k's reads stopped at the limit; then ok's members
+
+
+def test_members_per_sample_bounded(tmp_path):
+    from pipeline.stages.read import MAX_MEMBERS_PER_SAMPLE
+
+    members = [(f"k.e{i}", b"") for i in range(MAX_MEMBERS_PER_SAMPLE + 10)] + [("k.mp4", b"x"), ("k.json", b'{"prompt": "p"}')]
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(tar_bytes(members))
+    rows = list(iter_shard(str(shard), "0", InputConfig(shards="x")))
+    assert len(rows) == 1 and rows[0]["status"] == "error"
+    assert f"more than {MAX_MEMBERS_PER_SAMPLE} members" in rows[0]["error"]
+
+
 def test_pack_and_read_on_s3(s3):  # noqa: F811
     st = StorageOptions(endpoint_url=s3.endpoint_url)
     shards = pack(SAMPLES, "s3://vscore-test/packtest", shard_size=4, storage=st)

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 SHARD_PATTERN = "shard-{index:06d}.tar"
+# Tar members one sample (key) may have; more is an error row (the rest are skipped unread). WebDataset
+# samples have a handful (video, json, txt, a few tensors).
+MAX_MEMBERS_PER_SAMPLE = 64
 
 
 def list_shards(spec: str, storage: StorageOptions) -> list[str]:
@@ -126,12 +129,21 @@ def iter_shard(shard: str, shard_group: str, cfg: InputConfig) -> Iterator[dict[
                     if row is not None:
                         yield row
                     current_key, parts = key, {}
-                if member.size > cfg.max_sample_bytes:
+                    held = members = 0
+                # Limits per SAMPLE, not per member: one key with many members must not grow without bound.
+                # A member that would take the sample past them is skipped unread (streaming mode).
+                members += 1
+                if members > MAX_MEMBERS_PER_SAMPLE:
+                    if members == MAX_MEMBERS_PER_SAMPLE + 1:
+                        parts.setdefault("__errors__", []).append(f"more than {MAX_MEMBERS_PER_SAMPLE} members")
+                    continue
+                if held + member.size > cfg.max_sample_bytes:
                     parts.setdefault("__errors__", []).append(
-                        f"member {ext} is {member.size} bytes > max_sample_bytes {cfg.max_sample_bytes}")
-                    continue  # streaming mode skips the unread data
+                        f"member {ext} ({member.size} bytes) takes the sample past max_sample_bytes {cfg.max_sample_bytes}")
+                    continue
                 fobj = tar.extractfile(member)
                 parts[ext] = fobj.read() if fobj is not None else b""
+                held += len(parts[ext])
             row = flush()
             current_key = None
             if row is not None:
