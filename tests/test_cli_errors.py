@@ -207,6 +207,8 @@ def test_config_errors_score_submit_demo(paths, tmp_path, capsys):
     shards = f"{paths['missing']}/shard-*.tar"
     one_line("score", *run_main(capsys, "score", "configs/local.yaml", f"input.shards={shards}",
                                 f"output.path={tmp_path}/o")[::2], f"no shards match input.shards={shards!r}")
+    one_line("score", *run_main(capsys, "score", "configs/local.yaml", f"input.shards={tmp_path}/shard-000000.tar",
+                                f"output.path={paths['file']}")[::2], f"output.path {paths['file']} is a file")
     unknown = f"{paths['root']}/config-unknown-key.yaml"
     one_line("submit", *run_main(capsys, "submit", unknown, "--address", "http://127.0.0.1:1")[::2],
              "engine_typo: unknown key")
