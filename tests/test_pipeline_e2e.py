@@ -126,3 +126,18 @@ def test_actor_locality_follows_config_and_cluster(ray_local, packed, model_dir,
     monkeypatch.setattr(ctx.execution_options, "actor_locality_enabled", not expected)
     job.build_dataset(cfg, ["s3://vscore-test/e2e/shards/shard-000000.tar"])
     assert ctx.execution_options.actor_locality_enabled is expected
+
+
+@pytest.mark.parametrize("decode_cpus", [0.25, 0.5, 1.0])
+def test_reads_never_fuse_into_decode_actors(ray_local, packed, model_dir, decode_cpus):  # noqa: F811
+    """The plan production runs (read tasks, decode actors, score actors, write) at every setting, also
+    when decode.num_cpus equals input.read_num_cpus (Ray Data fused read into the decode actors there, so
+    tests ran another plan than production)."""
+    from pipeline.run.job import build_dataset, physical_operators
+
+    _, st = packed
+    cfg = _cfg(model_dir, st, "s3://vscore-test/e2e/unused")
+    cfg.decode.num_cpus = decode_cpus
+    cfg.input.read_num_cpus = 0.25
+    ops = physical_operators(build_dataset(cfg, ["s3://vscore-test/e2e/shards/shard-000000.tar"]))
+    assert ops == ["Input", "MapBatches(read_shards_batch)", "MapBatches(DecodeStage)", "MapBatches(ScoreStage)"]

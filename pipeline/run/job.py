@@ -90,7 +90,12 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     # 1. read: one task per shard, streaming samples out in small blocks (I/O bound: little CPU).
     ds = ds.map_batches(read_shards_batch, fn_kwargs={"cfg": cfg.input, "stats_name": stats_name,
                                                       "manifest_dir": shard_manifest_dir(cfg), "manifest_storage": cfg.output.storage},
-                        batch_size=1, num_cpus=cfg.input.read_num_cpus, batch_format="numpy")
+                        batch_size=1, num_cpus=cfg.input.read_num_cpus, batch_format="numpy",
+                        # Never fused into the decode actors (Ray Data fuses a task map into the next actor map
+                        # whenever their remote args match, e.g. decode.num_cpus == input.read_num_cpus): reads
+                        # stay I/O tasks of their own with their own concurrency, the same plan at every
+                        # setting. A remote-args function is the documented bar to fusion; it sets nothing new.
+                        ray_remote_args_fn=_read_remote_args(cfg.input.read_num_cpus))
     if cfg.input.limit:
         ds = ds.limit(cfg.input.limit)
     # 2. decode: CPU actors; video bytes in, uint8 frames out (bytes dropped here).
@@ -111,6 +116,26 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
                         # a dead scoring actor is restarted and its batch retried, a bounded number of times
                         max_restarts=e.max_restarts, max_task_retries=e.max_task_retries)
     return ds
+
+
+def _read_remote_args(num_cpus: float):
+    def fn() -> dict[str, Any]:
+        return {"num_cpus": num_cpus}
+
+    return fn
+
+
+def physical_operators(ds: "ray.data.Dataset") -> list[str]:
+    """Names of the operators Ray Data will run for `ds`, source first (fused ones joined by '->')."""
+    from ray.data._internal.logical.optimizers import get_execution_plan
+
+    plan = get_execution_plan(ds._logical_plan)
+    plan = plan[0] if isinstance(plan, tuple) else plan
+    names, op = [], plan.dag
+    while op is not None:
+        names.append(op.name)
+        op = op.input_dependencies[0] if op.input_dependencies else None
+    return names[::-1]
 
 
 def _progress(stats_handle: Any, every_s: float, stop: threading.Event, total_shards: int) -> None:
