@@ -158,7 +158,7 @@ def test_cli_table_and_json():
 def test_cli_invalid_input_one_line_exit_2(args, capsys):
     assert main(["plan", *args]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("vscore plan: error: ")
+    assert err.count("\n") == 1 and err.startswith("vscore plan: ")
 
 
 def test_cli_invalid_input_subprocess():

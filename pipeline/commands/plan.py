@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipeline.tools.sizing import SizingError, format_sizing, make_job, size_job
+    from pipeline.tools.sizing import format_sizing, make_job, size_job
 
-    try:
-        sizing = size_job(make_job(a.videos, a.hours, clip=a.clip, gpu=a.gpu, gpu_videos_per_s=a.gpu_videos_per_s,
-                                   gpus_per_node=a.gpus_per_node, decode_cores_per_node=a.decode_cores_per_node,
-                                   skip_nonref=a.skip_nonref))
-    except SizingError as e:
-        print(f"vscore plan: error: {e}", file=sys.stderr)
-        return 2
+    # bad input raises SizingError, a UsageError: pipeline/cli.py prints it as one line and exits 2
+    sizing = size_job(make_job(a.videos, a.hours, clip=a.clip, gpu=a.gpu, gpu_videos_per_s=a.gpu_videos_per_s,
+                               gpus_per_node=a.gpus_per_node, decode_cores_per_node=a.decode_cores_per_node,
+                               skip_nonref=a.skip_nonref))
     print(json.dumps(sizing.to_dict(), indent=2) if a.json else format_sizing(sizing))
     return 0
 

@@ -47,6 +47,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from pipeline.errors import UsageError
+
 # ------------------------------------------------------------------------------------------------------
 # Constants. Each names where it was measured or where the assumption comes from.
 # ------------------------------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ DEFAULT_FPS = 24.0  # the measured clips' rate
 # ------------------------------------------------------------------------------------------------------
 
 
-class SizingError(ValueError):
+class SizingError(UsageError):
     """Invalid input; the message is one line for the user."""
 
 
