@@ -25,3 +25,27 @@ def read_bytes(url: str, storage: StorageOptions) -> bytes:
     fs, path = filesystem(url, storage)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+def static_prefix(spec_part: str) -> str:
+    """The folder part of a URL pattern before any glob or brace range:
+    `s3://b/shards/shard-{000..009}.tar` -> `s3://b/shards/`, `/data/x/*.tar` -> `/data/x/`."""
+    cut = min((i for i, c in enumerate(spec_part) if c in "*?[{"), default=len(spec_part))
+    head = spec_part[:cut]
+    return head[: head.rfind("/") + 1] if "/" in head else ""
+
+
+def input_prefixes(spec: str) -> list[str]:
+    """The folders a whitespace-separated input spec reads from (see `static_prefix`)."""
+    return sorted({p for p in (static_prefix(part) for part in spec.split()) if p})
+
+
+def url_under(url: str, prefixes: list[str]) -> bool:
+    """Whether `url` lies under one of `prefixes` (folder URLs ending in '/'): no '..' or '.' segment, no
+    query or fragment tricks, the same scheme, and a plain string prefix after that."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or any(seg in ("..", ".") for seg in parts.path.split("/")):
+        return False
+    return any(url.startswith(p if p.endswith("/") else p + "/") for p in prefixes)

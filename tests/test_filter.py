@@ -69,7 +69,17 @@ def corpus(s3):  # noqa: F811
     part = f"{BUCKET}/filter/scores/run_id={RUN}/shard_group=g00000"
     with fs.open(f"{part}/part-0.parquet", "wb") as f:
         pq.write_table(table.drop_columns(["run_id", "shard_group"]), f)
+    _record_run(st, f"s3://{BUCKET}/filter/scores", f"s3://{BUCKET}/filter/src/shard-*.tar")
     return st, rows, samples
+
+
+def _record_run(st: StorageOptions, out: str, shards: str, run_id: str = RUN) -> None:
+    """The run record `vscore score` writes at start (where the run read its inputs), by the same code."""
+    from pipeline.config import ScoreConfig
+    from pipeline.run.resume import guard_fingerprint
+
+    guard_fingerprint(ScoreConfig.model_validate({"input": {"shards": shards, "storage": st.model_dump()},
+                                                  "output": {"path": out, "run_id": run_id, "storage": st.model_dump()}}))
 
 
 def _expected(rows):
@@ -215,3 +225,72 @@ def test_several_runs_need_run_id(tmp_path):
     s = filter_scores(str(tmp_path / "scores"), str(tmp_path / "m.jsonl"), "visual_quality >= 4", run_id="r2")
     assert (s["rows"], s["kept"]) == (5, 3)
     assert {json.loads(x)["run_id"] for x in (tmp_path / "m.jsonl").read_text().splitlines()} == {"r2"}
+
+
+@pytest.fixture()
+def planted(corpus, tmp_path):
+    """Scores whose shard column also names a secret tar outside the run's input folder (S3 and local, and
+    a '..' path that string-starts with the input folder): kept rows there must never be opened."""
+    st, rows, _ = corpus
+    fs = _fs(st)
+    secret = tar_bytes([("s1.mp4", b"SECRET-BYTES" * 10), ("s1.json", b'{"prompt": "x"}')])
+    fs.pipe(f"{BUCKET}/secret/shard-000000.tar", secret)
+    local = tmp_path / "local-secret.tar"
+    local.write_bytes(secret)
+    outside = [f"s3://{BUCKET}/secret/shard-000000.tar", f"s3://{BUCKET}/filter/src/../../secret/shard-000000.tar", str(local)]
+    extra = [{"row_id": make_row_id(u, "s1"), "run_id": RUN, "shard_group": "g00000", "key": "s1", "shard": u,
+              "status": "ok", "parse_mode": "strict", "visual_quality": 5, "text_alignment": 5, "physical_consistency": 5}
+             for u in outside]
+    table = rows_to_table(rows + extra)
+    root = f"{BUCKET}/planted-{tmp_path.name}/scores"
+    with fs.open(f"{root}/run_id={RUN}/shard_group=g00000/part-0.parquet", "wb") as f:
+        pq.write_table(table.drop_columns(["run_id", "shard_group"]), f)
+    _record_run(st, f"s3://{root}", f"s3://{BUCKET}/filter/src/shard-*.tar")
+    return st, f"s3://{root}", outside
+
+
+def test_filter_reads_sources_only_under_the_runs_input_folder(planted, tmp_path):
+    st, scores, outside = planted
+    s = filter_scores(scores, str(tmp_path / "kept.parquet"), "visual_quality >= 5", storage=st,
+                      shards_out=str(tmp_path / "shards"), shard_size=100)
+    assert s["source_shards_refused_count"] == 3 and sorted(s["source_shards_refused"]) == sorted(outside)
+    assert s["samples_written"] >= 1  # the kept samples under the input folder were copied
+    for tar in (tmp_path / "shards").glob("*.tar"):
+        assert b"SECRET-BYTES" not in tar.read_bytes()
+    # told otherwise: an explicit folder, or any URL (the '..' URL still resolves only if the caller allows any)
+    s2 = filter_scores(scores, str(tmp_path / "k2.parquet"), "visual_quality >= 5", storage=st,
+                       shards_out=str(tmp_path / "shards2"), source_prefixes=[f"s3://{BUCKET}/secret/"])
+    assert outside[0] not in s2["source_shards_refused"] and outside[1] in s2["source_shards_refused"]
+    assert any(b"SECRET-BYTES" in t.read_bytes() for t in (tmp_path / "shards2").glob("*.tar"))
+    s3_ = filter_scores(scores, str(tmp_path / "k3.parquet"), "visual_quality >= 5", storage=st,
+                        shards_out=str(tmp_path / "shards3"), any_source=True)
+    assert s3_["source_shards_refused_count"] == 0
+
+
+def test_filter_without_a_run_record_asks_where_sources_are(corpus, tmp_path, capsys):
+    st, rows, _ = corpus
+    fs = _fs(st)
+    root = f"{BUCKET}/norecord-{tmp_path.name}/scores"
+    with fs.open(f"{root}/run_id={RUN}/shard_group=g00000/part-0.parquet", "wb") as f:
+        pq.write_table(rows_to_table(rows).drop_columns(["run_id", "shard_group"]), f)
+    from pipeline.cli import main
+
+    code = main(["filter", f"s3://{root}", str(tmp_path / "k.parquet"), "--where", WHERE,
+                 "--shards-out", str(tmp_path / "shards"), "--endpoint-url", st.endpoint_url])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--source-prefix" in err[0]
+    code = main(["filter", f"s3://{root}", str(tmp_path / "k.parquet"), "--where", WHERE, "--shards-out",
+                 str(tmp_path / "shards"), "--endpoint-url", st.endpoint_url, "--source-prefix", f"s3://{BUCKET}/filter/src/"])
+    assert code == 0
+
+
+def test_filter_applies_the_per_sample_limit(corpus, tmp_path):
+    """Samples past max_sample_bytes are not copied (and their members past the limit are never read)."""
+    st, rows, samples = corpus
+    sizes = {k: sum(len(v) for v in parts.values()) for (_, k), parts in samples.items()}
+    limit = sorted(sizes.values())[len(sizes) // 2]
+    s = filter_scores(f"s3://{BUCKET}/filter/scores", str(tmp_path / "k.parquet"), "status = 'ok'", storage=st,
+                      shards_out=str(tmp_path / "shards"), shard_size=100, max_sample_bytes=limit)
+    big = {k for k, n in sizes.items() if n > limit}
+    assert big and s["kept_over_limits"] == len(big)
+    assert s["samples_written"] == len([r for r in rows if r["status"] == "ok"]) - len(big)

@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.config import ScoreConfig
 from pipeline.errors import UsageError
 from pipeline.stages.sink import COMMITS_DIR, commit_dir, partition_segment, quarantine_url
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, input_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def guard_fingerprint(cfg: ScoreConfig) -> None:
     fs, root = filesystem(cfg.output.path, cfg.output.storage)
     path = f"{root.rstrip('/')}/{RUNS_DIR}/{cfg.resolved_run_id()}.json"
     fp = cfg.scoring_fingerprint()
+    prefixes = input_prefixes(cfg.input.shards)
     if fs.exists(path):
         old = json.loads(fs.cat(path))
         if old.get("config_fingerprint") != fp:
@@ -89,10 +90,24 @@ def guard_fingerprint(cfg: ScoreConfig) -> None:
                 f"output {cfg.output.path} already holds run {cfg.resolved_run_id()!r} made with different "
                 f"score-affecting settings (fingerprint {old.get('config_fingerprint')} != {fp}); refusing to mix "
                 "results. Use another output.run_id (or leave it unset: the default follows the config).")
-        return
+        if set(prefixes) <= set(old.get("input_prefixes", [])):
+            return
+        prefixes = sorted(set(prefixes) | set(old.get("input_prefixes", [])))
     fs.makedirs(f"{root.rstrip('/')}/{RUNS_DIR}", exist_ok=True)
+    # input_prefixes: where this run read its inputs; tools that reopen sources (vscore filter) read only there
     fs.pipe_file(path, json.dumps({"run_id": cfg.resolved_run_id(), "config_fingerprint": fp,
-                                   "model": cfg.engine.model, "template": cfg.prompt.template}).encode())
+                                   "model": cfg.engine.model, "template": cfg.prompt.template,
+                                   "input_prefixes": prefixes}).encode())
+
+
+def run_record(scores_url: str, storage: Any, run_id: str) -> dict[str, Any] | None:
+    """The record `guard_fingerprint` wrote for `run_id` under a scores dataset root, if there is one."""
+    fs, root = filesystem(scores_url, storage)
+    path = f"{root.rstrip('/')}/{RUNS_DIR}/{run_id}.json"
+    try:
+        return json.loads(fs.cat(path))
+    except (FileNotFoundError, ValueError, IsADirectoryError, NotADirectoryError):
+        return None
 
 
 def load_state(cfg: ScoreConfig) -> ResumeState:

@@ -32,10 +32,10 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from pipeline.config import StorageOptions
+from pipeline.config import InputConfig, StorageOptions
 from pipeline.errors import UsageError
-from pipeline.stages.read import SHARD_PATTERN, _split_member
-from pipeline.storage import with_protocol, filesystem
+from pipeline.stages.read import MAX_MEMBERS_PER_SAMPLE, SHARD_PATTERN, _split_member
+from pipeline.storage import filesystem, url_under, with_protocol
 
 log = logging.getLogger(__name__)
 
@@ -167,24 +167,37 @@ def _q(name: str) -> str:
 
 # --------------------------------------------------------------------------- shards
 
-def _samples(stream) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
-    """(key, members) of a tar stream, grouped like pipeline.stages.read.iter_shard groups them (consecutive
-    members sharing the key before the first dot of the basename)."""
+def _samples(stream, max_sample_bytes: int) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]], str | None]]:
+    """(key, members, problem) of a tar stream, grouped like pipeline.stages.read.iter_shard groups them
+    (consecutive members sharing the key before the first dot of the basename), under the read stage's
+    per-sample limits: members that would take a sample past `max_sample_bytes` or past
+    MAX_MEMBERS_PER_SAMPLE are skipped unread and the sample carries the problem (it is not copied)."""
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         key: str | None = None
         members: list[tuple[tarfile.TarInfo, bytes]] = []
+        problem: str | None = None
+        held = count = 0
         for m in tar:
             if not m.isfile():
                 continue
             k, _ = _split_member(m.name)
-            if k != key and key is not None:
-                yield key, members
-                members = []
-            key = k
+            if k != key:
+                if key is not None:
+                    yield key, members, problem
+                key, members, problem, held, count = k, [], None, 0, 0
+            count += 1
+            if count > MAX_MEMBERS_PER_SAMPLE:
+                problem = f"more than {MAX_MEMBERS_PER_SAMPLE} members"
+                continue
+            if held + m.size > max_sample_bytes:
+                problem = f"past max_sample_bytes {max_sample_bytes}"
+                continue
             f = tar.extractfile(m)
-            members.append((m, f.read() if f is not None else b""))
+            data = f.read() if f is not None else b""
+            held += len(data)
+            members.append((m, data))
         if key is not None:
-            yield key, members
+            yield key, members, problem
 
 
 def _with_scores(members: list[tuple[tarfile.TarInfo, bytes]], key: str, scores: dict[str, Any]) -> dict[str, Any]:
@@ -254,8 +267,13 @@ class ShardSink:
 # --------------------------------------------------------------------------- the command
 
 def filter_scores(scores: str, out: str, where: str, storage: StorageOptions | None = None, shards_out: str | None = None,
-                  shard_size: int = 1000, run_id: str | None = None) -> dict[str, Any]:
-    """Filter `scores` by `where`; write the manifest to `out` (and shards to `shards_out`). Returns the counts."""
+                  shard_size: int = 1000, run_id: str | None = None, source_prefixes: list[str] | None = None,
+                  any_source: bool = False, max_sample_bytes: int | None = None) -> dict[str, Any]:
+    """Filter `scores` by `where`; write the manifest to `out` (and shards to `shards_out`). Returns the counts.
+
+    With `shards_out`, source shards are read only under `source_prefixes` (default: the input folders the
+    run recorded) unless `any_source`, and each sample under the read stage's limits (`max_sample_bytes`,
+    default `input.max_sample_bytes`'s default)."""
     from pipeline.tools.dataset import open_scores
 
     storage = storage or StorageOptions()
@@ -311,7 +329,9 @@ def filter_scores(scores: str, out: str, where: str, storage: StorageOptions | N
         }
         out_shard: dict[str, str] = {}
         if shards_out:
-            summary.update(_write_shards(con, keep_cols, storage, shards_out, shard_size, out_shard))
+            sources = None if any_source else source_folders(sd, storage, runs, source_prefixes)
+            limit = max_sample_bytes or InputConfig.model_fields["max_sample_bytes"].default
+            summary.update(_write_shards(con, keep_cols, storage, shards_out, shard_size, out_shard, sources, limit))
         _write_manifest(con, keep_cols, out, storage, out_shard)
         return summary
     finally:
@@ -323,29 +343,41 @@ def _scores_of(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_shards(con, keep_cols: list[str], storage: StorageOptions, dest: str, shard_size: int,
-                  out_shard: dict[str, str]) -> dict[str, Any]:
+                  out_shard: dict[str, str], sources: list[str] | None, max_sample_bytes: int) -> dict[str, Any]:
+    """Copy the kept samples out of their source shards. A source shard is opened only when its URL lies
+    under `sources` (folder URLs; None = any URL, the caller's explicit choice): the `shard` column is data,
+    and a scores table must not make this tool read whatever it names."""
     shards = [r[0] for r in con.execute("SELECT DISTINCT shard FROM kept ORDER BY shard").fetchall()]
     sink = ShardSink(dest, storage, shard_size)
     written = missing = 0
     missing_keys: list[str] = []
+    refused: list[str] = []
+    oversize: list[str] = []
     try:
         for shard in shards:
             res = con.execute("SELECT * FROM kept WHERE shard = ?", [shard])
             names = [d[0] for d in res.description]
             wanted = {rec["key"]: rec for rec in (dict(zip(names, r)) for r in res.fetchall())}
-            fs, path = filesystem(shard, storage)
             seen: set[str] = set()
-            try:
-                with fs.open(path, "rb") as f:
-                    for key, members in _samples(f):
-                        rec = wanted.get(key)
-                        if rec is None or key in seen:
-                            continue  # dropped sample (or a duplicate key, which the scores name key#dupN)
-                        seen.add(key)
-                        out_shard[rec["row_id"]] = sink.write(_with_scores(members, key, _scores_of(rec)))
-                        written += 1
-            except (OSError, tarfile.TarError) as e:
-                log.warning("source shard %s could not be read to the end: %s", shard, e)
+            if sources is not None and not url_under(shard, sources):
+                log.warning("not reading source shard %s: not under the run's input folders %s", shard, sources)
+                refused.append(shard)
+            else:
+                fs, path = filesystem(shard, storage)
+                try:
+                    with fs.open(path, "rb") as f:
+                        for key, members, problem in _samples(f, max_sample_bytes):
+                            rec = wanted.get(key)
+                            if rec is None or key in seen:
+                                continue  # dropped sample (or a duplicate key, which the scores name key#dupN)
+                            seen.add(key)
+                            if problem is not None:
+                                oversize.append(f"{shard}#{key}: {problem}")
+                                continue
+                            out_shard[rec["row_id"]] = sink.write(_with_scores(members, key, _scores_of(rec)))
+                            written += 1
+                except (OSError, tarfile.TarError) as e:
+                    log.warning("source shard %s could not be read to the end: %s", shard, e)
             for key in wanted.keys() - seen:
                 missing += 1
                 if len(missing_keys) < 20:
@@ -353,7 +385,26 @@ def _write_shards(con, keep_cols: list[str], storage: StorageOptions, dest: str,
     finally:
         sink.close()
     return {"shards_out": dest, "shards_written": sink.urls, "samples_written": written,
-            "kept_not_in_shards": missing, "kept_not_in_shards_examples": missing_keys}
+            "kept_not_in_shards": missing, "kept_not_in_shards_examples": missing_keys,
+            "source_shards_refused": refused[:20], "source_shards_refused_count": len(refused),
+            "kept_over_limits": len(oversize), "kept_over_limits_examples": oversize[:20]}
+
+
+def source_folders(sd: Any, storage: StorageOptions, runs: list[str], given: list[str] | None) -> list[str]:
+    """Where source shards may be read from: the folders given on the command line, else the input folders
+    recorded by the run(s) (`_vscore/runs/<run>.json`). Neither: a UsageError that says how to choose."""
+    if given:
+        return sorted(given)
+    from pipeline.run.resume import run_record
+
+    found: set[str] = set()
+    for run in runs:
+        rec = run_record(sd.url, storage, run) if sd.root else None
+        if rec is None or "input_prefixes" not in rec:
+            raise UsageError(f"{sd.url}: no record of where run {run!r} read its shards; name the source folders "
+                             "with --source-prefix URL (repeatable) or allow any URL with --any-source")
+        found.update(rec["input_prefixes"])
+    return sorted(found)
 
 
 def _write_manifest(con, keep_cols: list[str], out: str, storage: StorageOptions, out_shard: dict[str, str]) -> None:
