@@ -1,4 +1,5 @@
-"""`vscore tiny-model DIR`: the tiny random offline Qwen2.5-VL used by tests and the demo."""
+"""`vscore tiny-model DIR [--judge]`: the tiny offline Qwen2.5-VL used by tests and the demo (`--judge`:
+the format-trained tiny judge, whose sampled replies parse and whose scores mean nothing)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def run(a: argparse.Namespace) -> int:
     check_model_dir(a.dir)  # before torch is imported
     from pipeline.dev.tiny_model import build_tiny_model
 
-    print(build_tiny_model(a.dir, seed=a.seed))
+    print(build_tiny_model(a.dir, seed=a.seed, judge=a.judge))
     return 0
 
 
@@ -35,4 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("tiny-model", help="build the tiny random offline Qwen2.5-VL used by tests and the demo")
     sp.add_argument("dir")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--judge", action="store_true",
+                    help="train the text side (10-25 s on CPU) into the format-trained tiny judge: replies in "
+                         "VideoScore2's format that the strict parser reads; the scores carry no information")
     sp.set_defaults(fn=run)

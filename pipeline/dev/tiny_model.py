@@ -214,7 +214,8 @@ def _vs2_docs(seed: int, n_docs: int = 3000) -> list[str]:
     return docs
 
 
-def _bigram_weights(tok, seed: int, hidden: int, vocab_rows: int):
+def _bigram_weights(tok, seed: int, hidden: int, vocab_rows: int, docs: list[str] | None = None,
+                    eos_weight: float = EOS_WEIGHT):
     """Embedding and LM-head matrices that make the network (whose transformer blocks stay random and
     small) behave like a bigram model of VideoScore2-shaped replies.
 
@@ -234,11 +235,11 @@ def _bigram_weights(tok, seed: int, hidden: int, vocab_rows: int):
     # The prompt always ends with "<|im_start|>assistant\n": its last token starts the reply.
     start = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)[-1]
     counts = np.zeros((n, n), dtype=np.float64)
-    for ids in tok(_vs2_docs(seed), add_special_tokens=False)["input_ids"]:
+    for ids in tok(docs if docs is not None else _vs2_docs(seed), add_special_tokens=False)["input_ids"]:
         seq = np.asarray([start, *ids], dtype=np.int64)
         np.add.at(counts, (seq[:-1], seq[1:]), 1.0)
         counts[start, seq[1]] += 20.0  # open with "<think>" far more often than any other "\n" successor
-        counts[seq[-1], eos] += EOS_WEIGHT  # the final digit sometimes ends the reply
+        counts[seq[-1], eos] += eos_weight  # the final digit sometimes ends the reply
     alpha = 0.01
     logp = np.log(counts + alpha) - np.log((counts + alpha).sum(axis=1, keepdims=True))
     # Jitter breaks exact ties ("(" -> "1"/"2"/"3" are equally frequent) so greedy top-1 margins are wide.
@@ -266,7 +267,8 @@ def _bigram_weights(tok, seed: int, hidden: int, vocab_rows: int):
 
 
 def build_tiny_model(
-    out_dir: str | Path, seed: int = 0, generation: dict[str, Any] | None = None, bigram: bool = True
+    out_dir: str | Path, seed: int = 0, generation: dict[str, Any] | None = None, bigram: bool = True,
+    judge: bool = False,
 ) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (model, tokenizer, processor, chat template) to `out_dir`.
 
@@ -274,6 +276,8 @@ def build_tiny_model(
     `bigram=True` (default) sets the embedding and LM head from a bigram model of VideoScore2-shaped
     replies (see `_bigram_weights`); `bigram=False` leaves every weight at its random init (replies are
     byte soup, and greedy top-1 margins can be as small as 1e-5, too small for engine comparisons).
+    `judge=True` then trains the text side into the format-trained tiny judge (pipeline/dev/tiny_judge.py:
+    strict-parsable VideoScore2-format replies whose scores mean nothing) and marks its config.json.
     Returns the directory path.
     """
     import torch
@@ -334,11 +338,34 @@ def build_tiny_model(
 
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    if bigram:
-        emb, head = _bigram_weights(tok, seed, text_hidden, CONFIG_VOCAB_SIZE)
+    if bigram or judge:
+        docs = None
+        if judge:  # start the judge from a bigram model of its own reply format
+            from pipeline.dev.tiny_judge import judge_docs
+
+            docs = judge_docs(seed)
+        emb, head = _bigram_weights(tok, seed, text_hidden, CONFIG_VOCAB_SIZE, docs=docs,
+                                    eos_weight=1.0 if judge else EOS_WEIGHT)
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(torch.from_numpy(emb))
             model.get_output_embeddings().weight.copy_(torch.from_numpy(head))
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(),  # Qwen defaults: 56*56 .. 28*28*1280 pixels
+        tokenizer=tok,
+        # Qwen's video defaults: 128*28*28 .. 768*28*28 pixels per frame. Callers feed frames that are
+        # already sized within these bounds and pass do_resize=False.
+        video_processor=Qwen2VLVideoProcessor(
+            size={"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28},
+            cap_pixels_per_frame=False,
+        ),
+        chat_template=QWEN25_VL_CHAT_TEMPLATE,
+    )
+    if judge:
+        from pipeline.dev.tiny_judge import JUDGE_MARKER, JUDGE_NOTE, train_judge
+
+        stats = train_judge(model, processor, seed=seed)
+        stats.pop("seconds")  # config.json stays byte-identical across builds
+        setattr(model.config, JUDGE_MARKER, {"note": JUDGE_NOTE, "seed": seed, **stats})
     # Weights are saved in bf16 (as the real checkpoint); loaders cast to the requested dtype.
     model = model.to(torch.bfloat16)
     model.config.dtype = torch.bfloat16
@@ -353,17 +380,6 @@ def build_tiny_model(
     )
     model.save_pretrained(out)
 
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(),  # Qwen defaults: 56*56 .. 28*28*1280 pixels
-        tokenizer=tok,
-        # Qwen's video defaults: 128*28*28 .. 768*28*28 pixels per frame. Callers feed frames that are
-        # already sized within these bounds and pass do_resize=False.
-        video_processor=Qwen2VLVideoProcessor(
-            size={"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28},
-            cap_pixels_per_frame=False,
-        ),
-        chat_template=QWEN25_VL_CHAT_TEMPLATE,
-    )
     processor.save_pretrained(out)
     return out
 
@@ -374,8 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Build the tiny random Qwen2.5-VL test checkpoint.")
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--judge", action="store_true", help="the format-trained tiny judge (pipeline/dev/tiny_judge.py)")
     args = ap.parse_args(argv)
-    print(build_tiny_model(args.out_dir, seed=args.seed))
+    print(build_tiny_model(args.out_dir, seed=args.seed, judge=args.judge))
 
 
 if __name__ == "__main__":
