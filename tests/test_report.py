@@ -202,3 +202,26 @@ def test_report_renders_in_headless_chromium(scores_dir, tmp_path):
     keep = os.environ.get("VSCORE_KEEP_SCREENSHOT")  # a path: keep the screenshot to look at it
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_report_says_when_the_scores_come_from_the_tiny_test_judge(tmp_path):
+    """Rows whose `model` is a checkpoint dir marked as the format-trained tiny judge (config.json key)
+    get the one plain line that their scores mean nothing; a real model id or an unmarked dir does not."""
+    from pipeline.dev.tiny_judge import JUDGE_MARKER, JUDGE_NOTE, is_test_judge
+
+    judge, plain = tmp_path / "judge", tmp_path / "plain"
+    for d, cfg in ((judge, {JUDGE_MARKER: {"note": JUDGE_NOTE}}), (plain, {"model_type": "qwen2_5_vl"})):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(cfg))
+    assert is_test_judge(judge) and not is_test_judge(plain) and not is_test_judge("TIGER-Lab/VideoScore2")
+    assert not is_test_judge(None) and not is_test_judge(tmp_path / "missing")
+    for model, expect in ((judge, True), (plain, False), ("TIGER-Lab/VideoScore2", False)):
+        rows = _rows(n_ok=6)
+        for r in rows:
+            r["model"] = str(model)
+        path = tmp_path / f"{model.name if hasattr(model, 'name') else 'hub'}.parquet"
+        pq.write_table(rows_to_table(rows), path)
+        facts = write_report(str(path), tmp_path / "r.html")
+        page = (tmp_path / "r.html").read_text()
+        assert facts["test_judge"] is expect
+        assert ("they carry no information about the videos" in page) is expect

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import StorageOptions
+from pipeline.dev.tiny_judge import JUDGE_NOTE, is_test_judge
 
 log = logging.getLogger(__name__)
 
@@ -481,6 +482,7 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
     models = sorted(df["model"].dropna().unique().tolist()) if "model" in df else []
     templates = sorted(df["template"].dropna().unique().tolist()) if "template" in df else []
     scored = int(ok[list(DIMENSIONS)].notna().all(axis=1).sum()) if len(ok) and all(d in ok for d in DIMENSIONS) else 0
+    test_judge = any(is_test_judge(m) for m in models)  # the demo's judge (config.json marker): scores mean nothing
 
     plots: dict[str, bytes] = {}
     plots["distributions"] = plot_distributions(ok)
@@ -498,7 +500,7 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
     best, worst = examples(ok)
 
     facts = {"rows": n, "ok": int(len(ok)), "errors": int(len(errs)), "scored": scored, "errors_by_stage": by_stage,
-             "parse_modes": parse_modes, "runs": runs, "models": models, "templates": templates,
+             "parse_modes": parse_modes, "runs": runs, "models": models, "templates": templates, "test_judge": test_judge,
              "error_reasons": reasons, "calibration": calib, "throughput": tp,
              "best": [r["row_id"] for r in best], "worst": [r["row_id"] for r in worst],
              "pearson": {f"{a}~{b}": pearson[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}}
@@ -517,6 +519,8 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
                  f"<div class='card'><b>{len(runs)}</b><span>run{'s' if len(runs) != 1 else ''}</span></div></div>")
     parts.append(f"<p class='note'>parse modes of ok rows: {_e(pm)}<br>runs: {_e(', '.join(runs) or '–')}<br>"
                  f"models: {_e(', '.join(models) or '–')} · templates: {_e(', '.join(templates) or '–')}</p>")
+    if test_judge:
+        parts.append(f"<p class='note'><b>{_e(JUDGE_NOTE[0].upper() + JUDGE_NOTE[1:])}.</b></p>")
     if scored == 0 and len(ok):
         parts.append("<p class='note'><b>No row has parsed scores.</b> Every ok row's output failed to parse "
                      "(a random test model does this); the score sections below are empty.</p>")
