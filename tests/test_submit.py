@@ -80,6 +80,7 @@ def _stop_tree(proc: subprocess.Popen, grace_s: float = 4.0) -> None:
 class Head(NamedTuple):
     address: str  # dashboard / job server URL
     temp: Path    # Ray's --temp-dir
+    gcs: str      # GCS address, for drivers that connect directly
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def ray_head():
             if time.time() > deadline:
                 pytest.fail(f"dashboard not up after 120 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(1)
-        yield Head(address, Path(temp))
+        yield Head(address, Path(temp), f"127.0.0.1:{gcs}")
     finally:
         stop()
         atexit.unregister(stop)
@@ -202,17 +203,67 @@ def test_head_writes_prometheus_service_discovery(ray_head):
     deadline = time.time() + 60
     while not path.exists() and time.time() < deadline:
         time.sleep(1)
-    targets = [t for group in json.loads(path.read_text()) for t in group["targets"]]
-    assert targets
     body = ""
-    for target in targets:
-        port = int(target.rsplit(":", 1)[1])  # Ray binds the exporter on every interface: ask over loopback
+    while "# TYPE ray_" not in body and time.time() < deadline + 60:  # the node's exporter starts after the file
+        body = _scrape(ray_head)
+        time.sleep(2)
+    assert "# TYPE ray_" in body
+
+
+def _scrape(head: Head) -> str:
+    path = head.temp / "prom_metrics_service_discovery.json"
+    body = ""
+    for target in (t for group in json.loads(path.read_text()) for t in group["targets"]):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{int(target.rsplit(':', 1)[1])}/metrics", timeout=5) as r:
                 body += r.read().decode()
         except OSError:
             continue
-    assert "# TYPE ray_" in body
+    return body
+
+
+def _sample(body: str, name: str, **labels: str) -> float | None:
+    """The value of the Prometheus sample `name{labels...}` in an exposition body (None if absent)."""
+    import re
+
+    for line in body.splitlines():
+        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            return float(m.group(2))
+    return None
+
+
+def test_vscore_metrics_reach_prometheus(ray_head):
+    """The run counters a stage reports (pipeline.run.stats) come out of the node's Prometheus endpoint with
+    the run id: counters summed, errors by stage, gauges set by the driver. Ray prefixes application metrics
+    with `ray_` and counters get Prometheus' `_total`: the series are `ray_vscore_*` (as documented)."""
+    import ray
+
+    from pipeline.run import stats
+
+    assert not ray.is_initialized()
+    ray.init(address=ray_head.gcs, log_to_driver=False)
+    try:
+        handle = stats.create("vscore-stats-metrics-test", "vs2-metricstest")
+        reporter = stats.Reporter("vscore-stats-metrics-test")
+        reporter({"rows_scored": 3, "rows_ok": 2, "errors_decode": 1, "output_tokens": 120})
+        reporter({"rows_scored": 4, "rows_ok": 4, "output_tokens": 80})
+        ray.get(handle.set_gauges.remote({"videos_per_s": 2.5, "eta_s": 42.0}))
+        assert ray.get(handle.snapshot.remote())["rows_scored"] == 7
+        want = {("ray_vscore_rows_scored_total", ()): 7, ("ray_vscore_rows_ok_total", ()): 6,
+                ("ray_vscore_output_tokens_total", ()): 200, ("ray_vscore_errors_total", (("stage", "decode"),)): 1,
+                ("ray_vscore_videos_per_s", ()): 2.5, ("ray_vscore_eta_s", ()): 42.0}
+        deadline, got = time.time() + 90, {}
+        while time.time() < deadline:  # Ray's agents export every few seconds
+            body = _scrape(ray_head)
+            got = {k: _sample(body, k[0], run_id="vs2-metricstest", **dict(k[1])) for k in want}
+            if got == want:
+                break
+            time.sleep(3)
+        assert got == want
+        ray.kill(handle)
+    finally:
+        ray.shutdown()
 
 
 def test_config_outside_working_dir_is_refused(tmp_path):

@@ -5,7 +5,8 @@ metrics API (`ray.util.metrics`), which Ray serves to Prometheus on every node (
 infra/prometheus/). The driver polls `snapshot()` for the progress line. A counter that cannot be
 reached never fails a stage: counters are observability, not correctness.
 
-Exported (prefix `vscore_`): rows_read, rows_scored, rows_ok, errors{stage}, output_tokens,
+Exported as `vscore_<name>`, which Prometheus sees as `ray_vscore_<name>` (Ray's prefix; counters get
+`_total`), each with a run_id label: rows_read, rows_scored, rows_ok, errors{stage}, output_tokens,
 prompt_tokens (counters) and videos_per_s, output_tokens_per_s, eta_s (gauges set by the driver).
 Per-operator queue depths and task counts come from Ray Data's own `ray_data_*` metrics.
 """
