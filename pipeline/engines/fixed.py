@@ -3,7 +3,9 @@
 Select it with `engine.kind: "pipeline.engines.fixed:FixedOutputEngine"`. It measures what the pipeline
 itself costs (read, decode, Ray, serialisation, sink) without a model, and injects engine faults in
 tests: with `engine_kwargs: {crash_on: "TEXT"}` the process hard-exits when a request's prompt contains
-TEXT, as an engine that segfaults or is OOM-killed would.
+TEXT, as an engine that segfaults or is OOM-killed would; with `engine_kwargs: {dead_once: PATH}` the
+first engine to generate (across processes: PATH records it) raises `EngineDeadError`, as vLLM's engine
+core does when its process is gone, and every engine start is appended to PATH + ".starts".
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ FIXED_TEXT = ("<think>\nbenchmark-only fixed output\n</think>\n\n(1) visual qual
               "(2) text-to-video alignment: 3\n(3) physical/common-sense consistency: 3\n")
 
 
+class EngineDeadError(RuntimeError):
+    """Named like vLLM's (vllm.v1.engine.exceptions.EngineDeadError): the scoring stage recognises a dead
+    engine by this name."""
+
+
 class FixedOutputEngine:
     name = "fixed"
     tokenizer: Any = None
@@ -26,11 +33,19 @@ class FixedOutputEngine:
     def __init__(self, engine_cfg: Any, sampling_cfg: Any) -> None:
         self.text = engine_cfg.engine_kwargs.get("text", FIXED_TEXT)
         self.crash_on = engine_cfg.engine_kwargs.get("crash_on")
+        self.dead_once = engine_cfg.engine_kwargs.get("dead_once")
+        if self.dead_once:
+            with open(self.dead_once + ".starts", "a") as f:
+                f.write(f"{os.getpid()}\n")
 
     def render_prompt(self, user_text: str) -> str:
         return user_text
 
     def generate(self, requests: list[EngineRequest]) -> list[EngineOutput]:
+        if self.dead_once and not os.path.exists(self.dead_once):
+            with open(self.dead_once, "w") as f:
+                f.write(str(os.getpid()))
+            raise EngineDeadError("EngineCore encountered an issue (injected)")
         outs = []
         for r in requests:
             if self.crash_on and self.crash_on in r.prompt:
