@@ -1,6 +1,7 @@
-"""Session fixture: the tiny random Qwen2.5-VL checkpoint (pipeline.dev.tiny_model), built once per session.
+"""Session fixtures: the tiny random Qwen2.5-VL checkpoint (pipeline.dev.tiny_model), built once per session,
+and the format-trained tiny judge (pipeline.dev.tiny_judge), built once per source version and cached.
 
-Import it where needed: `from tests.fixtures_model import tiny_model_dir  # noqa: F401`.
+Import them where needed: `from tests.fixtures_model import tiny_model_dir  # noqa: F401`.
 Also sets the offline / vLLM-on-CPU environment defaults (only where the caller has not set them),
 keeping vLLM's caches, sockets and temp files inside the repository's ignored folders.
 """
@@ -35,3 +36,41 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from pipeline.dev.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen25vl") / "model", seed=0)
+
+
+def judge_cache_key() -> str:
+    """The judge's cache key: the sources that build it and the torch/transformers versions."""
+    import hashlib
+
+    import torch
+    import transformers
+
+    h = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
+    for name in ("tiny_model.py", "tiny_judge.py"):
+        h.update((REPO / "pipeline" / "dev" / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir() -> Path:
+    """Directory of the format-trained tiny judge (seed 0): same loading as the tiny model; sampled replies
+    parse with the strict official regex. Training takes 10-25 s, so it is cached under cache/tiny-judge/
+    keyed by its sources (built into a temporary name, then renamed: concurrent sessions are safe)."""
+    import shutil
+    import tempfile
+
+    from pipeline.dev.tiny_judge import is_test_judge
+    from pipeline.dev.tiny_model import build_tiny_model
+
+    root = REPO / "cache" / "tiny-judge"
+    final = root / judge_cache_key()
+    if not is_test_judge(final):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        build_tiny_model(tmp / "model", seed=0, judge=True)
+        try:
+            (tmp / "model").rename(final)
+        except OSError:  # another session finished first: use its (identical) copy
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
