@@ -9,6 +9,7 @@ import io
 import os
 import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -173,3 +174,27 @@ def decode_all_frames(data: bytes) -> list:
         except av.FFmpegError:
             pass
     return frames
+
+
+# The 16 real text-to-video clips of ../shared/data/videos (next to the repo in development and in CI).
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
+
+
+def shared_manifest() -> list[dict]:
+    """The shared real clips' manifest records. Missing clips fail the test that needs them (a parity or
+    decode test that quietly ran on fewer clips would prove less than it claims)."""
+    import json
+
+    manifest = SHARED_VIDEOS / "manifest.jsonl"
+    if not manifest.exists():
+        import pytest
+
+        pytest.fail(f"the shared real clips are missing: {manifest} (expected beside the repo)")
+    recs = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    missing = [r["file"] for r in recs if not (SHARED_VIDEOS / r["file"]).exists()]
+    assert not missing, f"shared clips listed but missing: {missing}"
+    return recs
+
+
+def shared_clips() -> list[Path]:
+    return [SHARED_VIDEOS / r["file"] for r in shared_manifest()]

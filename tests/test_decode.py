@@ -16,16 +16,16 @@ from pipeline.video.decode import DecodedVideo, DecodeError, decode_video, probe
 from pipeline.stages.decode import DecodeStage
 from pipeline.vs2.frames import frame_indices, plan_frames, smart_nframes
 from tests.media import (
+    SHARED_VIDEOS,
     decode_all_frames,
     encode_audio_only,
     encode_vfr_video,
     encode_video,
+    shared_manifest,
     synthetic_frame,
 )
 
 CFG = DecodeConfig()
-VIDEOS = Path("/work/shared/data/videos")
-MANIFEST = VIDEOS / "manifest.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -240,18 +240,11 @@ def test_one_frame_video_is_an_error():
 
 # --- the bundled sample videos ---------------------------------------------------------------------------
 
-def _manifest() -> list[dict]:
-    if not MANIFEST.exists():
-        return []
-    return [json.loads(line) for line in MANIFEST.read_text().splitlines() if line.strip()]
-
-
-@pytest.mark.skipif(not MANIFEST.exists(), reason="sample videos not present")
-def test_sample_videos_decode_with_expected_plan():
-    rows = _manifest()
-    assert rows
+def test_shared_real_clips_decode_with_expected_plan():
+    rows = shared_manifest()
+    assert len(rows) == 16
     for m in rows:
-        data = (VIDEOS / m["file"]).read_bytes()
+        data = (SHARED_VIDEOS / m["file"]).read_bytes()
         dv = decode_video(data, CFG)
         plan = plan_frames(m["nb_frames"], m["fps"], m["height"], m["width"], CFG)
         n = smart_nframes(m["nb_frames"], m["fps"], CFG)

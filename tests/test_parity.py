@@ -22,12 +22,11 @@ import pytest
 
 from pipeline.config import DecodeConfig
 from pipeline.video.decode import decode_video
-from tests.media import encode_video
+from tests.media import encode_video, shared_clips
 
 vp = pytest.importorskip("qwen_vl_utils.vision_process")
 pytest.importorskip("decord")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 BUNDLED = Path(__file__).resolve().parents[1] / "samples" / "videos"
 MEAN_TOL, P99_TOL = 3.0, 24.0
 UPSCALE_MEAN_TOL = 5.0  # frames upscaled more than 4x in area (tiny sources): the filters differ most there
@@ -42,8 +41,9 @@ def ref_meta_px(path: Path) -> int:
 
 
 def _clips() -> list[Path]:
-    root = SHARED if (SHARED / "manifest.jsonl").exists() else BUNDLED
-    return [root / json.loads(l)["file"] for l in (root / "manifest.jsonl").read_text().splitlines() if l.strip()]
+    """The 16 shared real clips and the bundled samples, both always (a missing set fails, never shrinks)."""
+    bundled = [BUNDLED / json.loads(l)["file"] for l in (BUNDLED / "manifest.jsonl").read_text().splitlines() if l.strip()]
+    return shared_clips() + bundled
 
 
 def _official(path: Path, **ele) -> tuple[np.ndarray, dict]:

@@ -31,9 +31,17 @@ def test_pack_local_layout(tmp_path):
     assert sorted(members[:2]) == [first["file"].rsplit(".", 1)[0].replace("/", "_") + ext for ext in (".json", ".mp4")]
     meta = json.loads(tarfile.open(tmp_path / "out" / "shard-000000.tar").extractfile(sorted(members[:2])[0]).read())
     assert meta["prompt"] == first["prompt"] and meta["license"] == first["license"]
-    # stable: packing again gives byte-identical member lists
+    # stable: packing again gives the same members, in the same order, with the same bytes
     again = pack(SAMPLES, str(tmp_path / "again"), shard_size=3)
     assert [s["samples"] for s in again] == [s["samples"] for s in shards]
+
+    def contents(path):
+        with tarfile.open(path) as t:
+            return [(m.name, t.extractfile(m).read()) for m in t.getmembers() if m.isfile()]
+
+    for i in range(len(shards)):
+        name = f"shard-{i:06d}.tar"
+        assert contents(tmp_path / "again" / name) == contents(tmp_path / "out" / name)
 
 
 def test_pack_sidecars_and_unique_keys(tmp_path):

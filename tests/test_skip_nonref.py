@@ -12,12 +12,13 @@ import pytest
 from pipeline.video import decode as D
 from pipeline.config import DecodeConfig
 from pipeline.video.decode import DecodeError, decode_video
+from tests.media import shared_clips
 from tests.media_fixtures import CASES, case_bytes, encode
 
 FULL = DecodeConfig()
 SKIP = DecodeConfig(skip_nonref=True)
 SAMPLES = sorted((Path(__file__).resolve().parent.parent / "samples" / "videos").rglob("*.mp4"))
-SHARED = sorted(Path("/work/shared/data/videos").rglob("*.mp4")) if Path("/work/shared/data/videos").is_dir() else []
+SHARED = shared_clips()  # fails collection if the shared clips are missing
 
 # H.264 streams as encoders write them: B-pyramid (some B-frames are references), plain non-reference
 # B-frames, open GOPs, short GOPs, no B-frames, and containers without a frame count (packets counted).

@@ -426,6 +426,10 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
         return keeper.out, decoded, keeper.info, keeper.size, last_error
 
 
+class _Corrupt(Exception):
+    """A decoded frame carries FFmpeg's corrupt flag."""
+
+
 # Codecs whose "non-reference" flag means what the skip pass needs: no other frame is predicted from it.
 _SKIP_NONREF_CODECS = {"h264"}
 
@@ -446,7 +450,9 @@ def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int],
     of its pts among all packets' pts, which holds when every packet is one frame, shown in pts order:
     checked up front (H.264, no frame threading, no discard-flagged or pts-less packet, unique pts, the
     first packet a keyframe with the smallest pts, so no leading frames, enough packets for the plan) and
-    after (every kept pts produced, in increasing order, no decoder error). Any doubt returns None and the
+    after (every kept pts produced, in increasing order, no decoder error, no frame flagged corrupt: FFmpeg's
+    error concealment fills damaged blocks from whatever it decoded last, which skipping changes). Any doubt
+    returns None and the
     caller runs the full pass. Skipped frames are never referenced, so every decoded frame is bit-identical
     to the full pass (tested on every fixture: tests/test_skip_nonref.py)."""
     with _decoding(data, stream_index, cfg, deadline, container) as (container, stream):
@@ -475,6 +481,8 @@ def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int],
 
         def take(frames: list[av.VideoFrame]) -> None:
             for frame in frames:
+                if frame.is_corrupt:  # concealed damage: what it shows depends on which frames were decoded
+                    raise _Corrupt
                 keeper.info["frames_decoded"] = keeper.info.get("frames_decoded", 0) + 1
                 positions = want.get(frame.pts)
                 if positions is None:
@@ -493,7 +501,7 @@ def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int],
                 deadline.check(f"decoding frame {len(got)}")
             else:
                 take(cc.decode(None))  # drain the reorder buffer
-        except av.FFmpegError:
+        except (av.FFmpegError, _Corrupt):
             return None
         finally:
             cc.skip_frame = "DEFAULT"
