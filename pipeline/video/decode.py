@@ -452,9 +452,8 @@ def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int],
     first packet a keyframe with the smallest pts, so no leading frames, enough packets for the plan) and
     after (every kept pts produced, in increasing order, no decoder error, no frame flagged corrupt: FFmpeg's
     error concealment fills damaged blocks from whatever it decoded last, which skipping changes). Any doubt
-    returns None and the
-    caller runs the full pass. Skipped frames are never referenced, so every decoded frame is bit-identical
-    to the full pass (tested on every fixture: tests/test_skip_nonref.py)."""
+    returns None and the caller runs the full pass. Skipped frames are never referenced, so every decoded
+    frame is bit-identical to the full pass (tested on every fixture: tests/test_skip_nonref.py)."""
     with _decoding(data, stream_index, cfg, deadline, container) as (container, stream):
         if not _skip_nonref_applies(cfg, stream.codec_context.name):
             return None
