@@ -27,6 +27,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipeline.schema import SIGNAL_COLUMNS
+
+__all__ = ["SIGNAL_COLUMNS", "Signals", "compute_signals", "hamming", "phash"]
+
 # Pixel grid for the whole-clip signals: 1 pixel in STRIDE in each direction (the judge's frames are at least
 # ~100k pixels, so >= ~6k samples per frame; enough for a mean, 1/16 of the work).
 STRIDE = 4
@@ -37,8 +41,6 @@ HASH_SIZE = 8  # phash bits = HASH_SIZE**2
 HASH_SCALE = 4  # the picture is reduced to HASH_SIZE * HASH_SCALE pixels square before the DCT
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-SIGNAL_COLUMNS = ("motion", "flicker", "blank_fraction", "sharpness", "phash")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ def phash(y: np.ndarray) -> str:
     """64-bit perceptual hash of a luma picture, 16 hex digits (see the module docstring)."""
     small = area_resize(y, HASH_SIZE * HASH_SCALE)
     d = _DCT @ small @ _DCT.T
-    low = d[:HASH_SIZE, :HASH_SIZE]
+    # rounded, so that a flat picture (every AC coefficient ~1e-12 of float noise) hashes the same everywhere
+    low = np.round(d[:HASH_SIZE, :HASH_SIZE], 6)
     bits = (low > np.median(low)).ravel()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):0{HASH_SIZE * HASH_SIZE // 4}x}"
 
