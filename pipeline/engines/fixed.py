@@ -3,12 +3,15 @@
 Select it with `engine.kind: "pipeline.engines.fixed:FixedOutputEngine"`. It measures what the pipeline
 itself costs (read, decode, Ray, serialisation, sink) without a model, and injects engine faults in
 tests: with `engine_kwargs: {crash_on: "TEXT"}` the process hard-exits when a request's prompt contains
-TEXT, as an engine that segfaults or is OOM-killed would.
+TEXT, as an engine that segfaults or is OOM-killed would. `record_to: DIR` writes an empty file named after
+each request id into DIR (which samples reached the engine), `sleep_s: S` spends S seconds per request (a
+measurable engine time).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,8 @@ class FixedOutputEngine:
     def __init__(self, engine_cfg: Any, sampling_cfg: Any) -> None:
         self.text = engine_cfg.engine_kwargs.get("text", FIXED_TEXT)
         self.crash_on = engine_cfg.engine_kwargs.get("crash_on")
+        self.record_to = engine_cfg.engine_kwargs.get("record_to")
+        self.sleep_s = float(engine_cfg.engine_kwargs.get("sleep_s", 0.0))
 
     def render_prompt(self, user_text: str) -> str:
         return user_text
@@ -35,6 +40,11 @@ class FixedOutputEngine:
         for r in requests:
             if self.crash_on and self.crash_on in r.prompt:
                 os._exit(17)  # a hard engine death: no exception, no cleanup
+            if self.record_to:
+                os.makedirs(self.record_to, exist_ok=True)
+                open(os.path.join(self.record_to, r.request_id.replace("/", "_")), "w").close()
+            if self.sleep_s:
+                time.sleep(self.sleep_s)
             outs.append(EngineOutput(request_id=r.request_id, text=self.text, token_ids=[],
                                      digit_logprobs=np.zeros((0, 5)), prompt_tokens=int(r.frames.shape[0]),
                                      output_tokens=len(self.text.split())))
