@@ -137,3 +137,65 @@ def test_run_stats_count_prefiltered_rows(ray_local):  # noqa: F811
     p = stats.progress(snap, total_shards=1)
     assert p["prefiltered"] == 3 and p["gpu_s_saved"] == pytest.approx(3 * 0.25)
     assert stats.gpu_seconds_saved(3, 0.0, 0) is None
+
+
+def test_score_stage_passes_skipped_rows_untouched(tmp_path):
+    """Unit level: a skipped row (and its signals) goes through the scoring stage unchanged, never to the engine,
+    and is counted as skipped per condition, not as an error."""
+    import numpy as np
+
+    from pipeline.config import load_config
+    from pipeline.engines.base import EngineOutput
+    from pipeline.schema import OUTPUT_SCHEMA
+    from pipeline.stages import score as score_mod
+
+    class Recording:
+        tokenizer = None
+
+        def __init__(self):
+            self.seen = []
+
+        def render_prompt(self, text):
+            return text
+
+        def generate(self, reqs):
+            self.seen += [r.request_id for r in reqs]
+            return [EngineOutput(request_id=r.request_id, text="visual quality: 3 text-to-video alignment: 3 "
+                                 "physical/common-sense consistency: 3", token_ids=[], prompt_tokens=5, output_tokens=5) for r in reqs]
+
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}", "prefilter.preset=corpus"])
+    eng = Recording()
+    stage = score_mod.ScoreStage(cfg, engine=eng)
+    n = 3
+    status = ["ok", "skipped", "error"]
+    error = [None, "motion >= 0.5; blank_fraction < 0.5", "boom"]
+    batch = {
+        "row_id": np.array(["r0", "r1", "r2"], dtype=object), "key": np.array(["k0", "k1", "k2"], dtype=object),
+        "shard": np.array(["s"] * n, dtype=object), "shard_group": np.array(["g"] * n, dtype=object),
+        "prompt": np.array(["p"] * n, dtype=object), "meta_json": np.array([None] * n, dtype=object),
+        "status": np.array(status, dtype=object), "error_stage": np.array([None, "prefilter", "decode"], dtype=object),
+        "error": np.array(error, dtype=object), "num_frames": np.array([2, 4, 0]), "width": np.array([56, 56, 0]),
+        "height": np.array([28, 28, 0]), "duration_s": np.array([1.0, 5.0, 0.0]), "decode_s": np.array([0.1] * n),
+        "frames": [np.zeros((2, 28, 56, 3), np.uint8), np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0, 0, 0, 3), np.uint8)],
+        "frame_indices": np.array(["[0, 1]", "[0, 1, 2, 3]", ""], dtype=object), "src_fps": np.array([2.0, 24.0, 0.0]),
+        "total_frames": np.array([2, 120, 0]),
+        # Ray hands nullable numbers over as NaN
+        "fps": np.array([2.0, 24.0, np.nan]), "src_width": np.array([56.0, 640.0, np.nan]),
+        "src_height": np.array([28.0, 360.0, np.nan]), "src_frames": np.array([2.0, 120.0, np.nan]),
+        "motion": np.array([5.0, 0.0, np.nan]), "flicker": np.array([0.1, 0.0, np.nan]),
+        "blank_fraction": np.array([0.0, 1.0, np.nan]), "sharpness": np.array([9.0, 0.0, np.nan]),
+        "phash": np.array(["ab", "0000000000000000", None], dtype=object),
+    }
+    counted = []
+    stage.report = counted.append
+    rows = stage(batch)
+    assert rows.schema == OUTPUT_SCHEMA
+    r0, r1, r2 = rows.to_pylist()
+    assert eng.seen == ["r0"]
+    assert r1["status"] == "skipped" and r1["error"] == error[1] and r1["error_stage"] == "prefilter"
+    assert r1["score_s"] is None and r1["raw_output"] is None and r1["motion"] == 0.0 and r1["src_width"] == 640
+    assert r1["phash"] == "0000000000000000" and r0["phash"] == "ab" and r0["status"] == "ok"
+    assert r2["fps"] is None and r2["src_width"] is None and r2["motion"] is None and r2["phash"] is None
+    (c,) = counted
+    assert c["rows_prefiltered"] == 1 and c["skipped:motion >= 0.5"] == 1 and c["skipped:blank_fraction < 0.5"] == 1
+    assert c["errors_decode"] == 1 and c["rows_ok"] == 1 and c["engine_rows"] == 1 and "errors_prefilter" not in c
