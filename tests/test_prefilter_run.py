@@ -115,6 +115,13 @@ def test_prefilter_run(ray_local, shards, tmp_path):  # noqa: F811
     # best-of-n: skipped rows are counted apart from errors
     (group,) = select_best(table.to_pylist())
     assert (group["skipped_prefilter"], group["skipped_error"], group["valid_count"]) == (4, 1, 4)
+    # the same expression after the fact (`vscore filter --where`, same column names) keeps exactly the scored rows
+    from pipeline.tools.filter import filter_scores
+
+    kept = filter_scores(str(out), str(tmp_path / "kept.jsonl"), pre["expression"])
+    assert kept["kept"] == 4 and kept["dropped"] == n_in - 4
+    assert {json.loads(l)["key"] for l in (tmp_path / "kept.jsonl").read_text().splitlines()} == {
+        k for k, r in rows.items() if r["status"] == "ok"}
     # a rerun resumes: nothing new, the skipped rows stay committed
     again = run(cfg, progress_every_s=60)
     assert again["rows_this_invocation"] == 0 and again["skipped"] == 4 and again["rows_out"] == n_in
