@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
+from pipeline.schema import PREFILTER_COLUMNS
 
 # qwen-vl-utils 0.0.14 constants (vision_process.py); the official inference leaves them all at default.
 QWEN_FACTOR = 28
@@ -116,6 +117,53 @@ class PromptConfig(_Model):
         "vs2-eval", description="Prompt template by name (see pipeline/vs2/templates.py). vs2-eval is the benchmark prompt behind the paper's numbers.")
 
 
+# Named prefilters (docs/signals.md explains each threshold). `corpus`: what a curation pipeline drops before
+# an expensive judge: clips under 1 s, a shorter side under 240 px (VideoScore's scores degrade below ~240 px,
+# VideoScore issue 5), still images (motion under 0.5 luma levels between frames 0.5 s apart: a still picture
+# measures <= 0.1 after x264, the stillest real clip of ../shared/data/videos 2.1) and clips that are mostly
+# blank frames.
+PREFILTER_PRESETS: dict[str, str] = {
+    "corpus": "duration_s >= 1 AND least(src_width, src_height) >= 240 AND motion >= 0.5 AND blank_fraction < 0.5",
+}
+
+
+class PrefilterConfig(_Model):
+    """Which decoded clips reach the judge. A clip that fails the expression is never sent to the engine: its
+    row has status "skipped", error_stage "prefilter" and the failed condition(s) as `error` (pipeline/stages/prefilter.py).
+    Off by default, so that benchmark scoring stays complete."""
+
+    preset: Literal["none", "corpus"] = Field("none", description="A named expression (PREFILTER_PRESETS in pipeline/config.py, "
+                                              "docs/signals.md): 'corpus' = " + PREFILTER_PRESETS["corpus"] + ". 'none' = no preset.")
+    where: str | None = Field(None, description="SQL expression a clip must satisfy, over the probe's and the signals' columns ("
+                              + ", ".join(PREFILTER_COLUMNS) + "), checked with the allow-list of `vscore filter --where` (pipeline/expr.py); "
+                              "AND-ed with the preset's. A condition that is NULL counts as failed (SQL WHERE semantics).")
+
+    @field_validator("where")
+    @classmethod
+    def _check_where(cls, v: str | None) -> str | None:
+        from pipeline.expr import ExpressionError
+
+        if v is not None:
+            try:
+                compile_prefilter(v)
+            except ExpressionError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    def expression(self) -> str | None:
+        """The whole expression (preset AND where), or None when no prefilter is configured."""
+        parts = ([PREFILTER_PRESETS[self.preset]] if self.preset != "none" else []) + ([f"({self.where})"] if self.where else [])
+        return " AND ".join(parts) or None
+
+
+def compile_prefilter(expr: str) -> tuple[str, list[str], list[str]]:
+    """`pipeline.expr.compile_where` over the prefilter's columns: (SQL, top-level conditions, columns used).
+    Raises ExpressionError (a UsageError); inside a config it becomes a validation error of prefilter.where."""
+    from pipeline.expr import compile_where
+
+    return compile_where(expr, PREFILTER_COLUMNS, what="prefilter.where", source="the prefilter (probe and signal columns)")
+
+
 class SamplingConfig(_Model):
     temperature: float = Field(0.7, ge=0, description="Official: 0.7. Ignored when greedy.")
     greedy: bool = Field(False, description="Greedy decoding (deterministic across seeds; not the official setting).")
@@ -193,6 +241,7 @@ class ScoreConfig(_Model):
     input: InputConfig
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
+    prefilter: PrefilterConfig = Field(default_factory=PrefilterConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     output: OutputConfig
@@ -212,7 +261,7 @@ class ScoreConfig(_Model):
 # Settings that cannot change what any output row holds, only how fast, where, or how often a failure is
 # retried. Everything else (model, revision, dtype, device, tensor parallelism, engine kind and kwargs,
 # max_model_len, the prompt, sampling, the frame rule, decode limits and timeout, read limits and video
-# extensions, shard grouping) is in the scoring fingerprint, hence in the default run id. A dotted prefix
+# extensions, shard grouping, the prefilter) is in the scoring fingerprint, hence in the default run id. A dotted prefix
 # covers a whole section. Batching knobs are listed: vLLM is not batch-invariant, but neither are two runs of
 # the same config, so they are treated as throughput. `decode.skip_nonref` is listed because its frames are
 # byte-identical to the full decode (tests/test_skip_nonref.py).

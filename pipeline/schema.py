@@ -44,6 +44,16 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("duration_s", pa.float64()),
+    # the source clip as probed (null when it was not decoded) and the cheap signals (docs/signals.md)
+    pa.field("fps", pa.float64()),
+    pa.field("src_width", pa.int32()),
+    pa.field("src_height", pa.int32()),
+    pa.field("src_frames", pa.int64()),
+    pa.field("motion", pa.float64()),
+    pa.field("flicker", pa.float64()),
+    pa.field("blank_fraction", pa.float64()),
+    pa.field("sharpness", pa.float64()),
+    pa.field("phash", pa.string()),
     pa.field("prompt_tokens", pa.int32()),
     pa.field("output_tokens", pa.int32()),
     pa.field("model", pa.string()),
@@ -58,6 +68,15 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 COLUMNS = tuple(OUTPUT_SCHEMA.names)
 ERROR_STAGES = ("read", "decode", "prompt", "engine", "parse", "write")
+# `status`: ok (scored), error (error_stage says where it failed), skipped (the prefilter kept it from the engine:
+# error_stage "prefilter", error = the failed condition(s)). A skipped row is neither ok nor an error.
+STATUSES = ("ok", "error", "skipped")
+PREFILTER_STAGE = "prefilter"
+# The columns a prefilter expression may use: the probe's facts about the source clip and the signals.
+# duration_s = src_frames / fps (what the frame rule samples), src_width x src_height = the coded size.
+SIGNAL_COLUMNS = ("motion", "flicker", "blank_fraction", "sharpness", "phash")
+PROBE_COLUMNS = ("duration_s", "fps", "src_width", "src_height", "src_frames")
+PREFILTER_COLUMNS = PROBE_COLUMNS + SIGNAL_COLUMNS
 
 
 def make_row_id(shard: str, key: str) -> str:

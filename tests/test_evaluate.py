@@ -394,3 +394,14 @@ def test_cli_eval_pairwise_no_ties(pair_scores, tmp_path, capsys):
                  "--no-ties", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["overall"]["acc"] == approx(75.0) and out["ties"] is False
+
+
+def test_skipped_rows_are_missing_with_their_own_reason():
+    """A row the prefilter skipped (status skipped) is neither a score nor an error."""
+    from pipeline.tools.evaluate import ScoreIndex
+
+    idx = ScoreIndex(use="hard", rows={"ok": ("ok", (4, 3, 2)), "skip": ("skipped", (None, None, None)),
+                                       "err": ("error", (None, None, None))})
+    assert idx.lookup("ok") == ({"visual_quality": 4.0, "text_alignment": 3.0, "physical_consistency": 2.0}, None)
+    assert idx.lookup("skip") == (None, "skipped")
+    assert idx.lookup("err") == (None, "error")

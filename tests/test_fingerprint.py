@@ -18,6 +18,7 @@ ROW_AFFECTING = {
     "decode.total_pixels", "decode.max_decoded_pixels", "decode.max_duration_s", "decode.max_bytes",
     "decode.decode_timeout_s", "decode.apply_rotation",
     "prompt.template",
+    "prefilter.preset", "prefilter.where",
     "sampling.*",
     "engine.kind", "engine.model", "engine.revision", "engine.dtype", "engine.device", "engine.tensor_parallel_size",
     "engine.max_model_len", "engine.engine_kwargs",
@@ -50,6 +51,10 @@ def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, typing.
 
 def _classified(path: str, names: set[str]) -> bool:
     return any(path == n or (n.endswith(".*") and path.startswith(n[:-1])) for n in names)
+
+
+# fields whose valid values the generic candidates below cannot guess
+CANDIDATES = {"prefilter.where": ["motion >= 1", "least(src_width, src_height) >= 360"]}
 
 
 def _candidates(ann: typing.Any, current: typing.Any) -> list[typing.Any]:
@@ -109,7 +114,7 @@ def test_every_field_is_classified_once():
 def test_run_id_changes_exactly_with_row_affecting_fields(path, ann):
     base = ScoreConfig.model_validate(BASE)
     current = _get(base, path)
-    for value in _candidates(ann, current):
+    for value in CANDIDATES.get(path) or _candidates(ann, current):
         if value == current:
             continue
         try:

@@ -43,6 +43,7 @@ def decode_child(spec_path: str, out_path: str) -> None:
     methods: list[str] = spec["methods"]
     from pipeline.config import DecodeConfig
     from pipeline.video.decode import decode_video
+    from pipeline.video.signals import compute_signals
 
     cfg = DecodeConfig(threads=1)
     cfg_skip = DecodeConfig(threads=1, skip_nonref=True)
@@ -71,6 +72,11 @@ def decode_child(spec_path: str, out_path: str) -> None:
     def run(method: str, path: str, data: bytes) -> tuple[float, float]:
         if method == "ffmpeg":
             return _m_ffmpeg(path)
+        if method == "signals":  # the cheap signals alone, on frames decoded outside the timing
+            frames = decode_video(data, cfg).frames
+            c0, w0 = time.process_time(), time.perf_counter()
+            compute_signals(frames)
+            return time.process_time() - c0, time.perf_counter() - w0
         c0, w0 = time.process_time(), time.perf_counter()
         if method == "vscore":
             decode_video(data, cfg)
@@ -121,7 +127,7 @@ def bench_decode(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         sets["real"] = [str(p) for p in reals]
     sets["gen-480p"] = [str(p) for p in generated_clips(work, 854, 480, n480)]
     sets["gen-720p"] = [str(p) for p in generated_clips(work, 1280, 720, n720)]
-    methods = ["vscore", "vscore_skip", "ffmpeg", "qwen", "pyav_all"] + ([] if args.quick else ["nonref"])
+    methods = ["vscore", "vscore_skip", "signals", "ffmpeg", "qwen", "pyav_all"] + ([] if args.quick else ["nonref"])
     floor = "ffmpeg"
     if not shutil.which("ffmpeg"):
         methods.remove("ffmpeg")
@@ -171,6 +177,11 @@ def report(d: dict[str, Any]) -> list[str]:
             f"{n} {s['vscore_skip']['vps_cpu']:.2f}/s = **{s['vscore_skip']['vps_cpu'] / s['vscore']['vps_cpu']:.2f}x** vscore default"
             + (f", {s['vscore_skip']['vps_cpu'] / s[floor]['vps_cpu']:.2f}x floor" if floor in s else "")
             for n, s in d["sets"].items() if "vscore_skip" in s)]
+    if any("signals" in s for s in d["sets"].values()):
+        lines += ["", "signals (pipeline/video/signals.py: motion, flicker, blank_fraction, sharpness, phash) on the decoded frames, "
+                  "CPU per clip vs vscore decode_video: " + ", ".join(
+                      f"{n} {1000 * s['signals']['cpu_s'] / s['signals']['clips']:.1f} ms = **{100 * s['signals']['cpu_s'] / s['vscore']['cpu_s']:.1f}%**"
+                      for n, s in d["sets"].items() if "signals" in s) + " (target <= 5%)"]
     if any("nonref" in s for s in d["sets"].values()):
         lines += ["", "skip_frame=NONREF decode-all (not frame-exact, informational): " + ", ".join(
             f"{n} {s['nonref']['vps_cpu']:.2f}/s = {s['nonref']['vps_cpu'] / s['pyav_all']['vps_cpu']:.2f}x decode-all" for n, s in d["sets"].items() if "nonref" in s)]

@@ -13,8 +13,10 @@ def run(a: argparse.Namespace) -> int:
     storage = StorageOptions(endpoint_url=a.endpoint_url, profile=a.profile, anon=a.anon)
     png_dir = None if a.no_png else (a.png_dir or str(a.out).rsplit(".", 1)[0] + "-plots")
     facts = write_report(a.scores, a.out, storage=storage, run_id=a.run_id, png_dir=png_dir, title=a.title)
+    pre = facts["prefilter"]
+    saved = f", ~{pre['gpu_s_saved']:.1f} GPU-s saved" if pre["skipped"] and pre["gpu_s_saved"] is not None else ""
     print(f"report: {facts['out']}  ({facts['rows']} rows, {facts['ok']} ok, {facts['errors']} errors, "
-          f"{facts['scored']} with all three scores)", file=sys.stderr)
+          f"{facts['skipped']} skipped by the prefilter{saved}, {facts['scored']} with all three scores)", file=sys.stderr)
     if png_dir:
         print(f"plots:  {png_dir}/ ({', '.join(facts['plots'])})", file=sys.stderr)
     print(facts["out"])

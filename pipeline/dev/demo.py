@@ -66,7 +66,8 @@ def run_demo(out: str | Path = "vscore-demo", shard_size: int = 3, overrides: li
 def print_summary(s: dict[str, Any]) -> None:
     print("\n=== vscore demo ===")
     print(f"samples packed (rows in): {s['packed']}  (rows read by the job: {s['rows_in']})")
-    print(f"rows out: {s['rows_out']}   ok: {s['ok']}   errors: {s['errors']} {s['errors_by_stage'] or ''}")
+    print(f"rows out: {s['rows_out']}   ok: {s['ok']}   errors: {s['errors']} {s['errors_by_stage'] or ''}   "
+          f"skipped (prefilter): {s['skipped']}")
     print(f"parse modes of ok rows: {s['parse_modes']}")
     from pipeline.dev.tiny_judge import JUDGE_NOTE, is_test_judge
 

@@ -6,11 +6,14 @@ tests: with `engine_kwargs: {crash_on: "TEXT"}` the process hard-exits when a re
 TEXT, as an engine that segfaults or is OOM-killed would; with `engine_kwargs: {dead_once: PATH}` the
 first engine to generate (across processes: PATH records it) raises `EngineDeadError`, as vLLM's engine
 core does when its process is gone, and every engine start is appended to PATH + ".starts".
+`record_to: DIR` writes an empty file named after each request id into DIR (which samples reached the
+engine), `sleep_s: S` spends S seconds per request (a measurable engine time).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,8 @@ class FixedOutputEngine:
         if self.dead_once:
             with open(self.dead_once + ".starts", "a") as f:
                 f.write(f"{os.getpid()}\n")
+        self.record_to = engine_cfg.engine_kwargs.get("record_to")
+        self.sleep_s = float(engine_cfg.engine_kwargs.get("sleep_s", 0.0))
 
     def render_prompt(self, user_text: str) -> str:
         return user_text
@@ -50,6 +55,11 @@ class FixedOutputEngine:
         for r in requests:
             if self.crash_on and self.crash_on in r.prompt:
                 os._exit(17)  # a hard engine death: no exception, no cleanup
+            if self.record_to:
+                os.makedirs(self.record_to, exist_ok=True)
+                open(os.path.join(self.record_to, r.request_id.replace("/", "_")), "w").close()
+            if self.sleep_s:
+                time.sleep(self.sleep_s)
             outs.append(EngineOutput(request_id=r.request_id, text=self.text, token_ids=[],
                                      digit_logprobs=np.zeros((0, 5)), prompt_tokens=int(r.frames.shape[0]),
                                      output_tokens=len(self.text.split())))

@@ -100,7 +100,7 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
         ds = ds.limit(cfg.input.limit)
     # 2. decode: CPU actors; video bytes in, uint8 frames out (bytes dropped here).
     d = cfg.decode
-    ds = ds.map_batches(DecodeStage, fn_constructor_args=(d,), batch_size=d.batch_size, batch_format="numpy",
+    ds = ds.map_batches(DecodeStage, fn_constructor_args=(d, cfg.prefilter), batch_size=d.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(min_size=plan.decode_actors_min, max_size=plan.decode_actors_max),
                         num_cpus=d.num_cpus)
     # 3. score: accelerator actors owning one engine each.
@@ -148,8 +148,10 @@ def _progress(stats_handle: Any, every_s: float, stop: threading.Event, total_sh
             continue
         eta = f"{p['eta_s'] / 60:.1f} min" if p["eta_s"] is not None else "?"
         total = f"/~{p['est_total']:.0f}" if p["est_total"] is not None else ""
-        log.info("progress: %d%s rows scored, %.2f videos/s, %.1f output tok/s, %d errors, ETA %s",
-                 p["rows_scored"], total, p["videos_per_s"], p["output_tokens_per_s"], p["errors"], eta)
+        skip = (f", {p['prefiltered']} skipped by the prefilter"
+                + (f" (~{p['gpu_s_saved']:.0f} GPU-s saved)" if p["gpu_s_saved"] is not None else "")) if p["prefiltered"] else ""
+        log.info("progress: %d%s rows scored, %.2f videos/s, %.1f output tok/s, %d errors%s, ETA %s",
+                 p["rows_scored"], total, p["videos_per_s"], p["output_tokens_per_s"], p["errors"], skip, eta)
 
 
 def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
@@ -199,6 +201,9 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
     out_fs.makedirs(f"{out_root}/{SUMMARY_DIR}", exist_ok=True)
     out_fs.pipe_file(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", json.dumps(summary, indent=2).encode())
+    log.info("done: %d rows in, %d ok, %d errors, %d skipped by the prefilter%s", summary["rows_in"], summary["ok"],
+             summary["errors"], summary["skipped"], "" if summary["prefilter"]["gpu_s_saved"] is None else
+             f" (~{summary['prefilter']['gpu_s_saved']:.1f} GPU-s saved at {summary['prefilter']['engine_s_per_video']:.3f} s per video)")
     return summary
 
 
@@ -213,11 +218,18 @@ def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, c
     """Totals over everything committed for this run (this invocation and earlier ones)."""
     totals = state.totals()
     errors = sum(totals["errors_by_stage"].values())
+    skipped = totals["skipped"]
     rows_in = sum(len(v) for s, v in state.shard_rows.items() if s in set(shards))
     new_rows = totals["rows"] - resumed_rows
+    per_video = totals["engine_s"] / totals["engine_rows"] if totals["engine_rows"] else None
+    saved = stats.gpu_seconds_saved(skipped, totals["engine_s"], totals["engine_rows"])
     return {
         "run_id": run_id, "output": cfg.output.path, "quarantine": quarantine_url(cfg.output), "shards": len(shards),
-        "rows_in": rows_in, "rows_out": totals["rows"], "ok": totals["rows"] - errors, "errors": errors,
+        "rows_in": rows_in, "rows_out": totals["rows"], "ok": totals["rows"] - errors - skipped, "errors": errors,
+        "skipped": skipped,
+        "prefilter": {"expression": cfg.prefilter.expression(), "skipped": skipped, "skip_reasons": totals["skip_reasons"],
+                      "engine_s_per_video": round(per_video, 4) if per_video is not None else None,
+                      "gpu_s_saved": round(saved, 2) if saved is not None else None},
         "errors_by_stage": totals["errors_by_stage"], "parse_modes": totals["parse_modes"], "rows_this_invocation": new_rows, "rows_resumed": resumed_rows,
         "wall_s": round(wall_s, 2), "videos_per_s": round(new_rows / wall_s, 3) if wall_s > 0 and new_rows else None,
         "output_tokens": totals["output_tokens"], "prompt_tokens": int(counters.get("prompt_tokens", 0)),

@@ -56,15 +56,25 @@ class ResumeState:
         return rows is not None and all(r in self.committed for r in rows)
 
     def totals(self) -> dict[str, Any]:
+        """Sums over the committed markers: rows, errors by stage, parse modes of ok rows, output tokens, rows
+        the prefilter skipped (in all and per failed condition; neither ok nor errors) and the engine seconds
+        over the rows the engine scored."""
         errs: Counter[str] = Counter()
         modes: Counter[str] = Counter()
-        rows = tokens = 0
+        reasons: Counter[str] = Counter()
+        rows = tokens = skipped = engine_rows = 0
+        engine_s = 0.0
         for m in self.markers:
             rows += m["rows"]
             errs.update(m.get("errors_by_stage", {}))
             modes.update(m.get("parse_modes", {}))
             tokens += m.get("output_tokens", 0)
-        return {"rows": rows, "errors_by_stage": dict(errs), "parse_modes": dict(modes), "output_tokens": tokens}
+            skipped += m.get("skipped", 0)
+            reasons.update(m.get("skip_reasons", {}))
+            engine_rows += m.get("engine_rows", 0)
+            engine_s += m.get("engine_s", 0.0)
+        return {"rows": rows, "errors_by_stage": dict(errs), "parse_modes": dict(modes), "output_tokens": tokens,
+                "skipped": skipped, "skip_reasons": dict(reasons), "engine_rows": engine_rows, "engine_s": engine_s}
 
 
 def _read_json_files(fs: Any, directory: str) -> list[dict[str, Any]]:

@@ -6,8 +6,10 @@ infra/prometheus/). The driver polls `snapshot()` for the progress line. A count
 reached never fails a stage: counters are observability, not correctness.
 
 Exported as `vscore_<name>`, which Prometheus sees as `ray_vscore_<name>` (Ray's prefix; counters get
-`_total`), each with a run_id label: rows_read, rows_scored, rows_ok, errors{stage}, output_tokens,
-prompt_tokens (counters) and videos_per_s, output_tokens_per_s, eta_s (gauges set by the driver).
+`_total`), each with a run_id label: rows_read, rows_scored, rows_ok, errors{stage}, rows_prefiltered,
+prefilter_skips{condition} (rows the prefilter kept from the engine, in all and per failed condition),
+engine_seconds (engine wall seconds summed over the rows it scored), output_tokens, prompt_tokens (counters)
+and videos_per_s, output_tokens_per_s, eta_s, gpu_s_saved (gauges set by the driver).
 Per-operator queue depths and task counts come from Ray Data's own `ray_data_*` metrics.
 """
 
@@ -32,11 +34,17 @@ class RunStats:
         self.counters = {name: Counter(f"vscore_{name}", description=desc, tag_keys=tags) for name, desc in [
             ("rows_read", "samples read from shards"), ("rows_scored", "rows out of the scoring stage"),
             ("rows_ok", "rows scored with status ok"), ("output_tokens", "generated tokens"),
-            ("prompt_tokens", "prompt tokens incl. video tokens")]}
+            ("prompt_tokens", "prompt tokens incl. video tokens"),
+            ("rows_prefiltered", "rows the prefilter skipped (status skipped, never sent to the engine)")]}
+        self.counters["engine_s"] = Counter("vscore_engine_seconds", description="engine seconds summed over the rows the engine scored",
+                                            tag_keys=tags)
         self.errors = Counter("vscore_errors", description="error rows by stage", tag_keys=("run_id", "stage"))
+        self.skips = Counter("vscore_prefilter_skips", description="rows skipped by the prefilter, by failed condition",
+                             tag_keys=("run_id", "condition"))
         self.gauges = {name: Gauge(f"vscore_{name}", description=desc, tag_keys=tags) for name, desc in [
             ("videos_per_s", "rows scored per second since start"), ("output_tokens_per_s", "generated tokens per second"),
-            ("eta_s", "estimated seconds to finish")]}
+            ("eta_s", "estimated seconds to finish"),
+            ("gpu_s_saved", "prefiltered rows x engine seconds per scored row (GPU time not spent)")]}
 
     def add(self, counts: dict[str, float]) -> None:
         self.counts.update(counts)
@@ -45,6 +53,8 @@ class RunStats:
                 self.counters[k].inc(v, tags=self.tags)
             elif k.startswith("errors_") and v:
                 self.errors.inc(v, tags={**self.tags, "stage": k[len("errors_"):]})
+            elif k.startswith("skipped:") and v:
+                self.skips.inc(v, tags={**self.tags, "condition": k[len("skipped:"):]})
 
     def set_gauges(self, values: dict[str, float]) -> None:
         for k, v in values.items():
@@ -67,9 +77,17 @@ def progress(s: dict[str, Any], total_shards: int) -> dict[str, Any]:
     est_total = (s.get("rows_read", 0) + s.get("rows_skipped", 0)) / shards * total_shards if shards else None
     rate = done / el
     remaining = max(0.0, est_total - s.get("rows_skipped", 0) - done) if est_total is not None else None
+    prefiltered = s.get("rows_prefiltered", 0)
     return {"rows_scored": done, "videos_per_s": rate, "output_tokens_per_s": s.get("output_tokens", 0) / el,
             "errors": sum(v for k, v in s.items() if k.startswith("errors_")),
-            "eta_s": remaining / rate if remaining is not None and rate > 0 else None, "est_total": est_total}
+            "eta_s": remaining / rate if remaining is not None and rate > 0 else None, "est_total": est_total,
+            "prefiltered": prefiltered, "gpu_s_saved": gpu_seconds_saved(prefiltered, s.get("engine_s", 0.0), s.get("engine_rows", 0))}
+
+
+def gpu_seconds_saved(skipped: int, engine_s: float, engine_rows: int) -> float | None:
+    """GPU time the prefilter saved: skipped rows x the run's measured engine seconds per scored video
+    (None before the engine has scored a row)."""
+    return skipped * engine_s / engine_rows if engine_rows else None
 
 
 class Reporter:

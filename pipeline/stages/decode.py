@@ -1,6 +1,10 @@
 """Decode stage: a Ray Data actor that turns a batch of read rows (with `video` bytes) into the same rows
 with frames, using `pipeline.video.decode.decode_video` (`map_batches(DecodeStage, fn_constructor_args=(cfg,),
-compute=ActorPoolStrategy(...), batch_format="numpy")`). A decode failure becomes an error row."""
+compute=ActorPoolStrategy(...), batch_format="numpy")`). A decode failure becomes an error row.
+
+Each decoded clip also gets its probe facts and cheap signals (`pipeline.video.signals`, measured on the frames
+just decoded: no second pass), and then meets the prefilter (`pipeline.stages.prefilter`): a clip that fails it
+leaves with status "skipped" and no frames, so it never reaches the scoring stage's engine."""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import DecodeConfig
-from pipeline.schema import one_line
+from pipeline.config import DecodeConfig, PrefilterConfig
+from pipeline.schema import PREFILTER_STAGE, SIGNAL_COLUMNS, one_line
+from pipeline.stages.prefilter import Prefilter
 from pipeline.video.decode import DecodeError, decode_video
+from pipeline.video.signals import compute_signals
 
 
 _EMPTY_FRAMES_SHAPE = (0, 0, 0, 3)
@@ -41,23 +47,31 @@ class DecodeStage:
     variable-shaped uint8 tensor column (ndim 4), also when every clip of a batch has the same size, so all
     blocks share one schema; downstream numpy batches get it back as an object array of (T, H, W, 3) arrays.
 
-    Rows whose status is not "ok" pass through untouched, with empty (0, 0, 0, 3) frames and zero numbers;
-    a decode failure makes the row status "error", error_stage "decode", error "<one line>".
+    Rows whose status is not "ok" pass through untouched, with empty (0, 0, 0, 3) frames, zero numbers and null
+    probe/signal columns; a decode failure makes the row status "error", error_stage "decode", error "<one line>".
+    A decoded row that fails the prefilter becomes status "skipped", error_stage "prefilter", error = the failed
+    condition(s), with empty frames (its probe and signal columns stay). `src_fps`/`total_frames` (0 when not
+    decoded) feed the engine's video metadata; `fps`/`src_frames` are the same facts as output columns (null).
     """
 
     PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json")
     INPUT_COLUMNS = PASS_THROUGH + ("video", "status", "error_stage", "error")
     OUTPUT_COLUMNS = PASS_THROUGH + ("status", "error_stage", "error", "frames", "frame_indices", "num_frames",
-                                     "width", "height", "duration_s", "src_fps", "total_frames", "decode_s")
+                                     "width", "height", "duration_s", "src_fps", "total_frames", "decode_s",
+                                     "fps", "src_width", "src_height", "src_frames") + SIGNAL_COLUMNS
 
-    def __init__(self, cfg: DecodeConfig) -> None:
+    def __init__(self, cfg: DecodeConfig, prefilter: PrefilterConfig | None = None) -> None:
         self.cfg = cfg
+        self.prefilter = Prefilter(prefilter)
 
     @staticmethod
     def output_types() -> dict[str, pa.DataType]:
         types = {c: pa.string() for c in DecodeStage.PASS_THROUGH + ("status", "error_stage", "error", "frame_indices")}
         types.update(frames=_frames_type(), num_frames=pa.int32(), width=pa.int32(), height=pa.int32(),
-                     duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64())
+                     duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64(),
+                     fps=pa.float64(), src_width=pa.int32(), src_height=pa.int32(), src_frames=pa.int64(),
+                     motion=pa.float64(), flicker=pa.float64(), blank_fraction=pa.float64(), sharpness=pa.float64(),
+                     phash=pa.string())
         return {c: types[c] for c in DecodeStage.OUTPUT_COLUMNS}
 
     @staticmethod
@@ -69,7 +83,8 @@ class DecodeStage:
         res: dict[str, Any] = {"status": status, "error_stage": error_stage, "error": error,
                                "frames": self.empty_frames(), "frame_indices": "", "num_frames": 0,
                                "width": 0, "height": 0, "duration_s": 0.0, "src_fps": 0.0, "total_frames": 0,
-                               "decode_s": 0.0}
+                               "decode_s": 0.0, "fps": None, "src_width": None, "src_height": None, "src_frames": None,
+                               **{c: None for c in SIGNAL_COLUMNS}}
         if status != "ok":
             return res
         t0 = time.perf_counter()
@@ -83,9 +98,23 @@ class DecodeStage:
         else:
             res.update(frames=dv.frames, frame_indices=json.dumps(dv.indices), num_frames=int(dv.frames.shape[0]),
                        width=dv.width, height=dv.height, duration_s=float(dv.duration_s), src_fps=float(dv.src_fps),
-                       total_frames=int(dv.total_frames))
+                       total_frames=int(dv.total_frames), fps=float(dv.src_fps), src_width=int(dv.src_width),
+                       src_height=int(dv.src_height), src_frames=int(dv.total_frames))
+            try:
+                res.update(compute_signals(dv.frames).as_dict())
+            except Exception:  # noqa: BLE001 - a signal that cannot be measured is null, never a lost row
+                pass
         res["decode_s"] = time.perf_counter() - t0
         return res
+
+    def apply_prefilter(self, rows: list[dict[str, Any]]) -> None:
+        """Skip the decoded rows that fail the prefilter: status "skipped", the failed condition(s) as error, no frames."""
+        if not self.prefilter.active:
+            return
+        decoded = [r for r in rows if r["status"] == "ok"]
+        for r, failed in zip(decoded, self.prefilter.failed(decoded)):
+            if failed is not None:
+                r.update(status="skipped", error_stage=PREFILTER_STAGE, error=failed, frames=self.empty_frames())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from ray.data.extensions import ArrowVariableShapedTensorArray
@@ -96,6 +125,7 @@ class DecodeStage:
             status = _str_or_none(batch["status"][i]) or "ok"
             rows.append(self.decode_row(batch["video"][i], status, _str_or_none(batch["error_stage"][i]),
                                         _str_or_none(batch["error"][i])))
+        self.apply_prefilter(rows)
         types = self.output_types()
         cols: dict[str, pa.Array] = {}
         for c in self.PASS_THROUGH:

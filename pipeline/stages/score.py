@@ -22,9 +22,10 @@ from pipeline.config import ScoreConfig
 from pipeline.engines.base import EngineOutput, EngineRequest
 from pipeline.engines.registry import make_engine
 from pipeline.vs2.parse import parse_output
-from pipeline.schema import make_seed, one_line, rows_to_table
+from pipeline.schema import OUTPUT_SCHEMA, PREFILTER_COLUMNS, make_seed, one_line, rows_to_table
 from pipeline.vs2.soft_score import soft_scores
 from pipeline.run.stats import Reporter
+from pipeline.stages.prefilter import skip_conditions
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 FATAL_ENGINE_ERRORS = {"EngineDeadError", "EngineGenerateError_Dead"}
 
 PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "status", "error_stage", "error",
-                "num_frames", "width", "height", "duration_s", "decode_s")
+                "num_frames", "width", "height", "decode_s") + PREFILTER_COLUMNS  # duration_s is the first of these
 
 
 class ScoreStage:
@@ -51,6 +52,14 @@ class ScoreStage:
     # -- building blocks -------------------------------------------------------------------------
     def _base(self, batch: dict[str, Any], i: int) -> dict[str, Any]:
         row = {c: _py(batch[c][i]) for c in PASS_THROUGH if c in batch}
+        for c in PREFILTER_COLUMNS:  # null for rows not decoded: Ray's numpy batches hold them as NaN
+            v = row.get(c)
+            if c == "phash":
+                row[c] = v if isinstance(v, str) else None
+            elif v is not None and (not isinstance(v, (int, float)) or v != v):
+                row[c] = None
+            elif v is not None and OUTPUT_SCHEMA.field(c).type in (pa.int32(), pa.int64()):
+                row[c] = int(v)
         row.update(run_id=self.run_id, model=self.cfg.engine.model, template=self.cfg.prompt.template,
                    seed=make_seed(self.cfg.sampling.seed, row["row_id"]))
         return row
@@ -246,12 +255,21 @@ def inflight_url(cfg: ScoreConfig, invocation: str) -> str:
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Counter deltas of a batch: rows out, ok, errors per stage, rows the prefilter skipped (total and per
+    failed condition, `skipped:<condition>`), engine seconds over the rows the engine scored."""
     c: dict[str, float] = {"rows_scored": len(rows), "rows_ok": 0, "output_tokens": 0, "prompt_tokens": 0}
     for r in rows:
         c["output_tokens"] += r.get("output_tokens") or 0
         c["prompt_tokens"] += r.get("prompt_tokens") or 0
+        if r.get("score_s") is not None:
+            c["engine_rows"] = c.get("engine_rows", 0) + 1
+            c["engine_s"] = c.get("engine_s", 0.0) + r["score_s"]
         if r["status"] == "ok":
             c["rows_ok"] += 1
+        elif r["status"] == "skipped":
+            c["rows_prefiltered"] = c.get("rows_prefiltered", 0) + 1
+            for cond in skip_conditions(r.get("error")):
+                c[f"skipped:{cond}"] = c.get(f"skipped:{cond}", 0) + 1
         else:
             k = f"errors_{r.get('error_stage') or 'unknown'}"
             c[k] = c.get(k, 0) + 1

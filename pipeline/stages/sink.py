@@ -5,7 +5,7 @@ told apart from finished ones, and a rerun duplicates rows. This sink writes, fo
 
 1. the data files, ``OUT/run_id=R/shard_group=G/part-<digest>.parquet`` (partition columns live in the
    path; `digest` is a hash of the task's sorted row ids, so a retried task overwrites its own files);
-2. the same rows' errors to the quarantine table (``OUT-quarantine/...``, same schema);
+2. the same rows' errors (status "error"; skipped rows are not errors) to the quarantine table (``OUT-quarantine/...``, same schema);
 3. then the commit marker ``OUT/_vscore/commits/R/<digest>.json`` listing the files and row ids.
 
 A row is committed iff a marker names it. `pipeline.run.resume` reads the markers to skip committed rows
@@ -29,6 +29,7 @@ from ray.data.datasource.datasink import Datasink
 
 from pipeline.config import OutputConfig
 from pipeline.schema import OUTPUT_SCHEMA
+from pipeline.stages.prefilter import skip_conditions
 from pipeline.storage import filesystem
 
 COMMITS_DIR = "_vscore/commits"
@@ -106,7 +107,7 @@ class CommittedParquetSink(Datasink):
         cols = list(self.out.partition_cols)
         fs, root = filesystem(self.out.path, self.out.storage)
         files = _write_partitioned(fs, root, table, cols, digest)
-        errors = table.filter(pc.not_equal(table["status"], "ok"))
+        errors = table.filter(pc.equal(table["status"], "error"))  # skipped rows are not errors: not quarantined
         qfiles: list[str] = []
         if errors.num_rows:
             qfs, qroot = filesystem(quarantine_url(self.out), self.out.storage)
@@ -117,9 +118,14 @@ class CommittedParquetSink(Datasink):
         ok = table.filter(pc.equal(table["status"], "ok"))
         modes = Counter(m or "none" for m in ok.column("parse_mode").to_pylist())
         stages = Counter(s or "unknown" for s, st in zip(errors.column("error_stage").to_pylist(), errors.column("status").to_pylist()))
+        skipped = table.filter(pc.equal(table["status"], "skipped"))
+        reasons = Counter(c for e in skipped.column("error").to_pylist() for c in skip_conditions(e))
+        score_s = table.column("score_s")
         marker = {"run_id": self.run_id, "digest": digest, "rows": table.num_rows, "files": files, "quarantine_files": qfiles,
                   "row_ids": row_ids, "rows_by_shard": by_shard, "errors_by_stage": dict(stages), "parse_modes": dict(modes),
-                  "output_tokens": int(pc.sum(table["output_tokens"]).as_py() or 0)}
+                  "output_tokens": int(pc.sum(table["output_tokens"]).as_py() or 0),
+                  "skipped": skipped.num_rows, "skip_reasons": dict(reasons),
+                  "engine_rows": score_s.length() - score_s.null_count, "engine_s": float(pc.sum(score_s).as_py() or 0.0)}
         cdir = commit_dir(root, self.run_id)
         fs.makedirs(cdir, exist_ok=True)
         # The marker is written last; one PUT (S3) / one file (local, via rename) makes it atomic.

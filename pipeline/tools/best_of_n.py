@@ -53,6 +53,7 @@ RESULT_SCHEMA = pa.schema([
     pa.field("skipped_error", pa.int64()),
     pa.field("skipped_null_score", pa.int64()),
     pa.field("skipped_out_of_range", pa.int64()),
+    pa.field("skipped_prefilter", pa.int64()),
     pa.field("n_best", pa.int64()),
     pa.field("key", pa.string()),
     pa.field("row_id", pa.string()),
@@ -109,8 +110,8 @@ def select_best(rows: list[dict[str, Any]] | Any, group_by: str = "prompt", aggr
     for row in rows:
         g = groups.setdefault(_group_value(row, group_by), _Group())
         g.size += 1
-        if row.get("status") != "ok":
-            g.skipped["error"] += 1
+        if row.get("status") != "ok":  # a prefilter-skipped row is not an error: counted on its own
+            g.skipped["prefilter" if row.get("status") == "skipped" else "error"] += 1
             continue
         prim = [row.get(c) for c in primary_cols]
         if any(x is None or (isinstance(x, float) and math.isnan(x)) for x in prim):
@@ -139,6 +140,7 @@ def select_best(rows: list[dict[str, Any]] | Any, group_by: str = "prompt", aggr
             "group": name, "status": "ok" if g.best is not None else "no_valid", "group_size": g.size,
             "valid_count": g.size - skipped, "skipped_count": skipped, "skipped_error": g.skipped["error"],
             "skipped_null_score": g.skipped["null_score"], "skipped_out_of_range": g.skipped["out_of_range"],
+            "skipped_prefilter": g.skipped["prefilter"],
             "n_best": g.n_best if g.best is not None else 0,
         }
         rec.update(g.best or {})

@@ -19,7 +19,7 @@ official ``vs2_float`` and ``vs2`` methods); without ties, GT "same" pairs are s
 is A if s_a > s_b, B if s_a < s_b, "same" (always wrong) on exact equality. acc = 100 * correct / n.
 
 An item (or a pair with such an item) counts as missing when its key is absent from the scores, its
-row is an error row, or a needed score is null; missing items are reported (``missing``,
+row is an error row or was skipped by the prefilter (its own reason), or a needed score is null; missing items are reported (``missing``,
 ``missing_by_reason``, ``missing_keys``), never silently dropped. The official scripts drop them too.
 """
 
@@ -273,12 +273,13 @@ class ScoreIndex:
     rows: dict[str, tuple[str, tuple[float | None, float | None, float | None]]] = field(default_factory=dict)
 
     def lookup(self, key: str | None, dims: tuple[str, ...] = DIMENSIONS) -> tuple[dict[str, float] | None, str | None]:
-        """(scores of `dims`, None) or (None, reason) with reason absent / error / null_score."""
+        """(scores of `dims`, None) or (None, reason) with reason absent / error / skipped (the prefilter
+        kept it from the judge) / null_score."""
         if key is None or key not in self.rows:
             return None, "absent"
         status, vals = self.rows[key]
         if status != "ok":
-            return None, "error"
+            return None, "skipped" if status == "skipped" else "error"
         got = dict(zip(DIMENSIONS, vals))
         if any(got[d] is None for d in dims):
             return None, "null_score"

@@ -1,6 +1,6 @@
 """`vscore report SCORES`: one self-contained HTML page (plots inlined as base64 PNG) about a scores dataset.
 
-Sections: overview (rows, status, parse modes, runs), score distributions per dimension (hard 1-5 and
+Sections: overview (rows, status, parse modes, runs), prefilter (skip reasons, GPU time saved, signals), score distributions per dimension (hard 1-5 and
 soft), correlations between dimensions, soft-score calibration (soft vs hard, and the model's
 confidence p(s*) = soft / hard), errors by stage and by reason, throughput (from the per-row timing
 columns `decode_s`/`score_s`, and the run summary when it is next to the data), and the best and
@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from pipeline.config import StorageOptions
 from pipeline.dev.tiny_judge import JUDGE_NOTE, is_test_judge
+from pipeline.tools.report_prefilter import prefilter_facts, prefilter_html
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +476,7 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
     n = len(df)
     status = df["status"] if "status" in df else None
     ok = df[status == "ok"] if status is not None else df
-    errs = df[status != "ok"] if status is not None else df.iloc[0:0]
+    errs = df[(status != "ok") & (status != "skipped")] if status is not None else df.iloc[0:0]  # skipped: not errors
     by_stage = errs["error_stage"].fillna("unknown").value_counts().to_dict() if len(errs) else {}
     parse_modes = ok["parse_mode"].fillna("none").value_counts().to_dict() if "parse_mode" in ok and len(ok) else {}
     runs = sorted(df["run_id"].dropna().unique().tolist()) if "run_id" in df else []
@@ -498,10 +499,11 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
     calib = calibration_table(ok)
     reasons = errors_by_stage_reason(errs) if len(errs) else []
     best, worst = examples(ok)
+    pre = prefilter_facts(df)
 
     facts = {"rows": n, "ok": int(len(ok)), "errors": int(len(errs)), "scored": scored, "errors_by_stage": by_stage,
              "parse_modes": parse_modes, "runs": runs, "models": models, "templates": templates, "test_judge": test_judge,
-             "error_reasons": reasons, "calibration": calib, "throughput": tp,
+             "error_reasons": reasons, "calibration": calib, "throughput": tp, "prefilter": pre, "skipped": pre["skipped"],
              "best": [r["row_id"] for r in best], "worst": [r["row_id"] for r in worst],
              "pearson": {f"{a}~{b}": pearson[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}}
 
@@ -515,6 +517,7 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
                  f"<div class='card'><b>{n}</b><span>rows</span></div>"
                  f"<div class='card good'><b>{len(ok)}</b><span>status ok</span></div>"
                  f"<div class='card {'bad' if len(errs) else ''}'><b>{len(errs)}</b><span>errors</span></div>"
+                 f"<div class='card'><b>{pre['skipped']}</b><span>skipped (prefilter)</span></div>"
                  f"<div class='card'><b>{scored}</b><span>with all 3 scores</span></div>"
                  f"<div class='card'><b>{len(runs)}</b><span>run{'s' if len(runs) != 1 else ''}</span></div></div>")
     parts.append(f"<p class='note'>parse modes of ok rows: {_e(pm)}<br>runs: {_e(', '.join(runs) or '–')}<br>"
@@ -561,6 +564,7 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
             parts.append(f"<p class='note'>{len(reasons) - 30} more reasons not shown.</p>")
     else:
         parts.append("<p class='note'>No error rows.</p>")
+    parts.append(prefilter_html(pre, _table))
     # throughput
     parts.append("<h2>Throughput</h2>")
     if tp["runs"]:

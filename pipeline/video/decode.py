@@ -93,6 +93,8 @@ class DecodedVideo:
     replanned: bool = False  # the stream held fewer frames than its metadata; planned again on the decoded count
     mirrored: bool = False  # the display matrix also mirrors the picture (applied only if cfg.apply_rotation)
     sample_aspect_ratio: float = 1.0  # pixel aspect ratio found (stream, else codec); applied only if cfg.apply_rotation
+    src_width: int = 0  # the source's coded size, as probed (before any resize or rotation)
+    src_height: int = 0
 
 
 @dataclass
@@ -591,4 +593,5 @@ def _decode_video(data: bytes, cfg: DecodeConfig, max_bytes: int | None = None) 
     assert size is not None
     return DecodedVideo(frames=frames, indices=indices, total_frames=total, src_fps=p.fps,
                         duration_s=total / p.fps, width=size[1], height=size[0], rotation=info["rotation"],
-                        replanned=replanned, mirrored=info["mirrored"], sample_aspect_ratio=info["sar"])
+                        replanned=replanned, mirrored=info["mirrored"], sample_aspect_ratio=info["sar"],
+                        src_width=p.coded_width, src_height=p.coded_height)
