@@ -54,7 +54,7 @@ def judge_cache_key() -> str:
 @pytest.fixture(scope="session")
 def tiny_judge_dir() -> Path:
     """Directory of the format-trained tiny judge (seed 0): same loading as the tiny model; sampled replies
-    parse with the strict official regex. Training takes 10-25 s, so it is cached under cache/tiny-judge/
+    parse with the strict official regex. Training takes 15-25 s, so it is cached under cache/tiny-judge/
     keyed by its sources (built into a temporary name, then renamed: concurrent sessions are safe)."""
     import shutil
     import tempfile

@@ -37,6 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("dir")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--judge", action="store_true",
-                    help="train the text side (10-25 s on CPU) into the format-trained tiny judge: replies in "
+                    help="train the text side (15-25 s on one CPU core) into the format-trained tiny judge: replies in "
                          "VideoScore2's format that the strict parser reads; the scores carry no information")
     sp.set_defaults(fn=run)
