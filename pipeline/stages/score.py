@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 # exceptions that mean the engine itself is dead (not one bad request)
 FATAL_ENGINE_ERRORS = {"EngineDeadError", "EngineGenerateError_Dead"}
 
-PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "status", "error_stage", "error",
-                "num_frames", "width", "height", "duration_s", "decode_s")
+PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url", "start_s", "end_s",
+                "status", "error_stage", "error", "num_frames", "width", "height", "duration_s", "decode_s")
 
 
 class ScoreStage:
@@ -51,6 +51,9 @@ class ScoreStage:
     # -- building blocks -------------------------------------------------------------------------
     def _base(self, batch: dict[str, Any], i: int) -> dict[str, Any]:
         row = {c: _py(batch[c][i]) for c in PASS_THROUGH if c in batch}
+        for c in ("start_s", "end_s", "source_url"):  # numpy batches carry a null float as NaN, a null string as NaN too
+            if isinstance(row.get(c), float) and row[c] != row[c]:
+                row[c] = None
         row.update(run_id=self.run_id, model=self.cfg.engine.model, template=self.cfg.prompt.template,
                    seed=make_seed(self.cfg.sampling.seed, row["row_id"]))
         return row
