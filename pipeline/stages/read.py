@@ -27,7 +27,9 @@ from braceexpand import braceexpand
 
 from pipeline.config import VIDEO_EXTENSIONS, InputConfig, StorageOptions
 from pipeline.schema import make_row_id, one_line
-from pipeline.spans import Span, SpanError, is_listish, parse_list, parse_spans, parse_time
+from pipeline.spans import SpanError, is_listish
+from pipeline.stages.manifest import iter_manifest_block
+from pipeline.stages.samples import base_row as _base_row, expand_spans, first_prompt, get_field, span_values
 from pipeline.storage import filesystem, with_protocol
 
 log = logging.getLogger(__name__)
@@ -77,66 +79,6 @@ def _split_member(name: str, current_key: str | None = None, known: frozenset[st
     return name[:dot], name[dot + 1:].lower()
 
 
-def get_field(record: dict[str, Any], name: str) -> Any:
-    """`record[name]`, else the nested value of a dotted path (``meta.caption``); None when absent."""
-    if name in record:
-        return record[name]
-    node: Any = record
-    for part in name.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def first_prompt(record: dict[str, Any], fields: list[str]) -> str | None:
-    """The first non-empty string among `fields` of `record` (stripped), or None."""
-    for f in fields:
-        v = get_field(record, f)
-        if isinstance(v, str) and v.strip():
-            return v.strip()
-    return None
-
-
-def _base_row(shard: str, shard_group: str, key: str) -> dict[str, Any]:
-    return {"row_id": make_row_id(shard, key), "key": key, "shard": shard, "shard_group": shard_group,
-            "prompt": None, "meta_json": None, "video": b"", "status": "ok", "error_stage": None, "error": None,
-            "source_url": None, "start_s": None, "end_s": None}
-
-
-def span_values(record: dict[str, Any], cols: Any, shard_defaults: bool) -> tuple[Any, Any, Any]:
-    """The raw (start, end, spans) values of a record under the configured names (shard JSON falls back to
-    ``start_s``/``end_s``/``spans``)."""
-    names = [cols.start_s, cols.end_s, cols.spans]
-    if shard_defaults:
-        names = [n or d for n, d in zip(names, ("start_s", "end_s", "spans"))]
-    return tuple(get_field(record, n) if n else None for n in names)
-
-
-def expand_spans(start: Any, end: Any, spans: Any, prompt: Any) -> list[tuple[Span | None, Any]]:
-    """[(span or None for the whole video, prompt)] of one record: a `spans` list (or list-valued start/end)
-    gives one entry per span with the matching caption when `prompt` is a parallel list. Raises SpanError."""
-    if spans is not None and not (isinstance(spans, str) and not spans.strip()):
-        pairs = parse_spans(spans)
-    elif is_listish(start) or is_listish(end):
-        starts, ends = parse_list(start, "start_s"), parse_list(end, "end_s")
-        if len(starts) != len(ends):
-            raise SpanError(f"{len(starts)} starts but {len(ends)} ends")
-        pairs = [(parse_time(a, f"start_s[{i}]"), parse_time(b, f"end_s[{i}]")) for i, (a, b) in enumerate(zip(starts, ends))]
-    else:
-        a, b = parse_time(start, "start_s"), parse_time(end, "end_s")
-        return [((a, b) if (a is not None or b is not None) else None, prompt)]
-    if not pairs:
-        raise SpanError("empty list of spans")
-    if prompt is not None and is_listish(prompt):
-        prompts = parse_list(prompt, "captions")
-        if len(prompts) != len(pairs):
-            raise SpanError(f"{len(pairs)} spans but {len(prompts)} captions")
-    else:
-        prompts = [prompt] * len(pairs)
-    return list(zip(pairs, prompts))
-
-
 def _video_member(parts: dict[str, Any], cfg: InputConfig) -> str | None:
     """The member holding the video: the first known extension, else a member FFmpeg opens as video."""
     ext = next((e for e in cfg.video_extensions if e in parts), None)
@@ -177,7 +119,7 @@ def _finish_sample(row: dict[str, Any], parts: dict[str, Any], cfg: InputConfig)
     try:
         clips = expand_spans(start, end, spans, prompt)
     except SpanError as e:
-        problems.append(f"bad span: {one_line(e, 200)}")
+        problems.append(f"bad span: {one_line(str(e), 200)}")
         clips = [(None, prompt)]
     rows = []
     for i, (span, text) in enumerate(clips):
@@ -289,7 +231,8 @@ def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str |
         buf: list[dict[str, Any]] = []
         ids: list[str] = []
         skipped = 0
-        for row in iter_shard(str(shard), str(group), cfg):
+        rows = iter_manifest_block(str(shard), str(group), cfg) if cfg.manifest else iter_shard(str(shard), str(group), cfg)
+        for row in rows:
             ids.append(row["row_id"])
             if row["row_id"] in skip_set:
                 skipped += 1
