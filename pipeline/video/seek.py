@@ -63,7 +63,7 @@ def _decode_span(data: bytes, cfg: DecodeConfig, start_s: float | None, end_s: f
         _, _, count = span_frame_range(p.total_frames, p.fps, start_s, end_s)
         indices = span_indices(p.total_frames, p.fps, start_s, end_s, cfg)
     except ValueError as e:
-        raise DecodeError(f"bad span [{start_s}, {end_s}] s: {one_line(e, 300)}") from None
+        raise DecodeError(f"bad span [{start_s}, {end_s}] s: {one_line(str(e), 300)}") from None
     got = _seek_pass(data, p.stream_index, p.total_frames, indices, cfg, deadline)
     if got is None:
         frames, decoded, info, size, err = _decode_pass(data, p.stream_index, indices, cfg, deadline)
