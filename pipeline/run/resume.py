@@ -91,8 +91,10 @@ def guard_fingerprint(cfg: ScoreConfig) -> None:
                 "results. Use another output.run_id (or leave it unset: the default follows the config).")
         return
     fs.makedirs(f"{root.rstrip('/')}/{RUNS_DIR}", exist_ok=True)
-    fs.pipe_file(path, json.dumps({"run_id": cfg.resolved_run_id(), "config_fingerprint": fp,
-                                   "model": cfg.engine.model, "template": cfg.prompt.template}).encode())
+    record = {"run_id": cfg.resolved_run_id(), "config_fingerprint": fp, "model": cfg.engine.model, "template": cfg.prompt.template}
+    if cfg.input.manifest:  # how the manifest was read (never credentials): `vscore filter` maps rows back to it
+        record["input"] = cfg.input.model_dump(mode="json", exclude={"storage"})
+    fs.pipe_file(path, json.dumps(record).encode())
 
 
 def load_state(cfg: ScoreConfig) -> ResumeState:
