@@ -174,3 +174,19 @@ def test_pack_and_read_agree_on_every_container(tmp_path, container_clips):
     assert len(rows) == len(container_clips)
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     assert sorted(r["prompt"] for r in rows) == sorted(f"a clip in {e}" for e in container_clips)
+
+
+def test_spans_in_shard_json(tmp_path, clips):
+    """`start_s`/`end_s` JSON fields make the sample a clip; a Panda-70M-style list gives one row per span
+    (sharing the member's bytes), with its caption; a bad span is a read error row naming it."""
+    data, _ = clips[4]
+    rows = _read(_write(tmp_path, [
+        {"__key__": "one", "mp4": data, "json": json.dumps({"caption": "c", "start_s": "0:00:01.250", "end_s": 3}).encode()},
+        {"__key__": "many", "mp4": data, "json": json.dumps({"spans": [["0:00:00.000", "0:00:02.000"], [2, 4.5]],
+                                                              "caption": ["first", "second"]}).encode()},
+        {"__key__": "bad", "mp4": data, "json": json.dumps({"caption": "c", "start_s": "later"}).encode()},
+    ]))
+    assert [(r["key"], r["status"], r["prompt"], r["start_s"], r["end_s"]) for r in rows[:3]] == [
+        ("one", "ok", "c", 1.25, 3.0), ("many@span0", "ok", "first", 0.0, 2.0), ("many@span1", "ok", "second", 2.0, 4.5)]
+    assert rows[1]["video"] is rows[2]["video"] and rows[1]["row_id"] != rows[2]["row_id"]
+    assert rows[3]["status"] == "error" and rows[3]["error"] == "bad span: start_s 'later' is neither seconds nor H:MM:SS.mmm"
