@@ -296,3 +296,17 @@ def test_driver_streams_a_large_manifest(tmp_path):
     assert sum(counts) == n
     first = next(rec for _, rec in _records(blocks[1], cfg))
     assert isinstance(first, dict) and first["video"].startswith("clips/v") and first["extra"] == "x"
+
+
+def test_relative_manifest_path_and_bracket_caption(tmp_path, clips, monkeypatch):
+    """A manifest named by a relative path resolves (and its relative video paths) against the driver's working
+    directory, so read tasks elsewhere find them; a caption starting with '[' is text when the row has one span."""
+    (tmp_path / "v.mp4").write_bytes((SHARED / clips[0]["file"]).read_bytes())
+    (tmp_path / "m.jsonl").write_text(json.dumps({"video": "v.mp4", "prompt": "[Music] a cat", "spans": [[0, 2]]}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = InputConfig(manifest="m.jsonl", columns={"spans": "spans"})
+    blocks = plan_blocks(["m.jsonl"], cfg)
+    assert blocks == [f"{tmp_path}/m.jsonl#bytes=0-{(tmp_path / 'm.jsonl').stat().st_size}"]
+    monkeypatch.chdir("/")
+    out = list(iter_manifest_block(blocks[0], "g", cfg))
+    assert [(r["status"], r["source_url"], r["prompt"], r["end_s"]) for r in out] == [("ok", f"{tmp_path}/v.mp4", "[Music] a cat", 2.0)]

@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -214,6 +215,9 @@ def plan_blocks(files: list[str], cfg: InputConfig) -> list[str]:
     one line), then its block descriptors (one small string per block: the driver holds these, never rows)."""
     if not files:
         raise UsageError(f"no manifest matches input.manifest={cfg.manifest!r}")
+    # local paths made absolute here: read tasks may run in another working directory (or on another node
+    # sharing the file system), and relative video paths resolve against the manifest's folder
+    files = [f if "://" in f else os.path.abspath(f) for f in files]
     for url in files:
         check_columns(url, cfg)
     return [b for url in files for b in manifest_blocks(url, cfg)]

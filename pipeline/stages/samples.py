@@ -62,7 +62,12 @@ def expand_spans(start: Any, end: Any, spans: Any, prompt: Any) -> list[tuple[Sp
     if not pairs:
         raise SpanError("empty list of spans")
     if prompt is not None and is_listish(prompt):
-        prompts = parse_list(prompt, "captions")
+        try:
+            prompts = parse_list(prompt, "captions")
+        except SpanError:
+            if len(pairs) != 1 or not isinstance(prompt, str):
+                raise
+            prompts = [prompt]  # one span, a caption that merely starts with "[" ("[Music] a cat ...")
         if len(prompts) != len(pairs):
             raise SpanError(f"{len(pairs)} spans but {len(prompts)} captions")
     else:
