@@ -98,3 +98,55 @@ def test_manifest_run_killed_then_resumed_exactly_once(tmp_path, model_dir, corp
         assert (r["start_s"], r["end_s"]) == expected[r["row_id"]]
         assert r["source_url"].startswith(f"{root}/") and r["num_frames"] >= 4
         assert set(json.loads(r["meta_json"])) == {"license"}
+
+
+def test_s3_parquet_manifest_through_ray(ray_local, s3, model_dir, tmp_path):  # noqa: F811
+    """In-process run on the moto S3 server: a Parquet manifest (2 row groups) of videos on S3, one Panda-style
+    row with 2 spans, one 404 and one bad span: rows conserved, errors as rows (read / decode), spans decoded."""
+    import io as _io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import ScoreConfig, StorageOptions
+    from pipeline.run.job import run
+    from pipeline.storage import filesystem
+    from tests.test_pipeline_e2e import _read
+
+    st = StorageOptions(endpoint_url=s3.endpoint_url)
+    fs, _ = filesystem("s3://vscore-test/", st)
+    recs = [json.loads(l) for l in (SAMPLES / "manifest.jsonl").read_text().splitlines() if l.strip()][:3]
+    for i, r in enumerate(recs):
+        fs.pipe_file(f"vscore-test/mrun/v/{i}.mp4", (SAMPLES / r["file"]).read_bytes())
+    rows = [{"url": f"v/{i}.mp4", "caption": r["prompt"], "ts": None, "id": i} for i, r in enumerate(recs)]
+    rows.append({"url": "v/0.mp4", "caption": "['first two seconds', 'the next two']", "ts": "[[0, 2], [2, 4]]", "id": 10})
+    rows.append({"url": "v/missing.mp4", "caption": "a 404", "ts": None, "id": 11})
+    rows.append({"url": "v/1.mp4", "caption": "['past the end']", "ts": "[['0:10:00', '0:10:02']]", "id": 12})
+    buf = _io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf, row_group_size=3)
+    fs.pipe_file("vscore-test/mrun/manifest.parquet", buf.getvalue())
+    out = "s3://vscore-test/mrun/scores"
+    cfg = ScoreConfig.model_validate({
+        "input": {"manifest": "s3://vscore-test/mrun/manifest.parquet", "storage": st.model_dump(), "manifest_block_rows": 2,
+                  "columns": {"video": "url", "prompt": "caption", "spans": "ts", "key": "id"}, "samples_per_block": 2},
+        "decode": {"actors": 1, "num_cpus": 0.25, "batch_size": 2},
+        "engine": {"kind": "transformers", "model": str(model_dir), "dtype": "float32", "device": "cpu", "actors": 1,
+                   "num_gpus": 0, "num_cpus": 0.5, "batch_size": 2, "batches_in_flight": 1},
+        "sampling": {"max_new_tokens": 16},
+        "output": {"path": out, "storage": st.model_dump(), "shards_per_group": 2},
+        "ray": {"progress_bars": False},
+    })
+    summary = run(cfg, progress_every_s=5)
+    table = {r["key"]: r for r in _read(out, st).to_pylist()}
+    assert summary["rows_in"] == summary["rows_out"] == len(table) == 7
+    assert set(table) == {"0", "1", "2", "10@0.0-2.0", "10@2.0-4.0", "11", "12@600.0-602.0"}
+    for k in ("0", "1", "2", "10@0.0-2.0", "10@2.0-4.0"):
+        assert table[k]["status"] == "ok" and table[k]["num_frames"] >= 4, table[k]["error"]
+    assert table["10@2.0-4.0"]["prompt"] == "the next two" and table["10@2.0-4.0"]["start_s"] == 2.0
+    assert table["10@0.0-2.0"]["source_url"] == "s3://vscore-test/mrun/v/0.mp4"
+    assert (table["11"]["error_stage"], table["11"]["error"]) == ("read", "video not found: s3://vscore-test/mrun/v/missing.mp4")
+    assert table["12@600.0-602.0"]["error_stage"] == "decode" and "bad span [600.0, 602.0] s" in table["12@600.0-602.0"]["error"]
+    assert table["0"]["meta_json"] is None  # every column mapped: nothing else to keep
+    # 2 row groups of 3 rows, blocks of <= 2 rows within a row group: 4 blocks, each a `shard`
+    assert sorted({r["shard"] for r in table.values()}) == [f"s3://vscore-test/mrun/manifest.parquet#rows={g}:{a}-{b}"
+                                                            for g in (0, 1) for a, b in ((0, 2), (2, 3))]
