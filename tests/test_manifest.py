@@ -310,3 +310,25 @@ def test_relative_manifest_path_and_bracket_caption(tmp_path, clips, monkeypatch
     monkeypatch.chdir("/")
     out = list(iter_manifest_block(blocks[0], "g", cfg))
     assert [(r["status"], r["source_url"], r["prompt"], r["end_s"]) for r in out] == [("ok", f"{tmp_path}/v.mp4", "[Music] a cat", 2.0)]
+
+
+def test_glob_of_manifests_on_s3(s3, clips):
+    """`input.manifest` as a glob: every matching file, each checked and cut into its own blocks, in name order."""
+    from pipeline.stages.read import list_shards
+
+    st = StorageOptions(endpoint_url=s3.endpoint_url)
+    fs, _ = filesystem("s3://vscore-test/", st)
+    fs.pipe_file("vscore-test/glob/v.mp4", (SHARED / clips[3]["file"]).read_bytes())
+    for part in range(3):
+        fs.pipe_file(f"vscore-test/glob/part-{part}.jsonl",
+                     "".join(json.dumps({"video": "v.mp4", "text": f"p{part}-{i}", "start_s": i}) + "\n" for i in range(4)).encode())
+    fs.pipe_file("vscore-test/glob/other.csv", b"not,a,match\n")
+    cfg = InputConfig(manifest="s3://vscore-test/glob/part-*.jsonl", storage=st, columns={"start_s": "start_s"})
+    files = list_shards(cfg.manifest, st)
+    assert files == [f"s3://vscore-test/glob/part-{p}.jsonl" for p in range(3)]
+    blocks = plan_blocks(files, cfg)
+    out = [r for b in blocks for r in iter_manifest_block(b, "g", cfg)]
+    assert [r["prompt"] for r in out] == [f"p{p}-{i}" for p in range(3) for i in range(4)]
+    assert all(r["status"] == "ok" for r in out)
+    # the same video and start in two files: different blocks, so both are scored (documented limitation)
+    assert len({r["row_id"] for r in out}) == 4
