@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 from pipeline.schema import PREFILTER_COLUMNS
@@ -26,6 +26,13 @@ QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28  # 100,352
 QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28  # 602,112
 QWEN_VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # ~90.3M; MODEL_SEQ_LEN-derived default
 
+
+# Container extensions read as a sample's video (WebDataset member, packed file, manifest URL): every container
+# FFmpeg demuxes that holds video. `vscore pack` packs exactly these, the read stage reads exactly these (and
+# sniffs members with other extensions, see pipeline/video/sniff.py).
+VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi", "gif", "m4v", "mpg", "mpeg", "mpe", "m1v", "m2v", "vob", "ts",
+                    "m2ts", "mts", "m2t", "flv", "f4v", "3gp", "3g2", "wmv", "asf", "ogv", "ogm", "mxf", "dv", "nut",
+                    "y4m", "rm", "rmvb", "qt", "divx", "h264", "264", "hevc", "h265", "265", "ivf", "mjpeg")
 
 # Output columns a run may be partitioned by (see OutputConfig.partition_cols).
 PARTITION_COLUMNS = ("run_id", "shard_group", "status", "error_stage", "parse_mode", "template", "model")
@@ -62,17 +69,55 @@ class StorageOptions(_Model):
         return kw
 
 
+class ColumnsConfig(_Model):
+    """Which manifest column (or shard-sample JSON field) plays which role. Dotted names reach into nested
+    fields (``meta.caption``); a column whose name itself holds dots is found first."""
+
+    video: str = Field("video", description="Manifest column holding the video: an fsspec URL (s3://, gs://, https://, a local path) or a "
+                       "path relative to the manifest's folder. Required in every manifest row.")
+    prompt: str | None = Field(None, description="Manifest column holding the prompt (the caption); None = the first of "
+                               "input.prompt_fields the row has. A list (or a string of a Python/JSON list) pairs with `spans`.")
+    key: str | None = Field(None, description="Manifest column holding a sample key (informational, kept in `key`); None = the video URL.")
+    start_s: str | None = Field(None, description="Column / shard JSON field with the clip start in the video (seconds as a number, or "
+                                "H:MM:SS.mmm). None = 'start_s' in shard JSON; no span in manifests.")
+    end_s: str | None = Field(None, description="Column / shard JSON field with the clip end (as start_s). None = 'end_s' in shard JSON.")
+    spans: str | None = Field(None, description="Column / shard JSON field with a list of [start, end] pairs (Panda-70M: the string "
+                              "\"[['0:00:00.000', '0:00:05.005'], ...]\"): one sample per span, the prompt column then holds a "
+                              "parallel list of captions; the source is fetched once per row.")
+
+
 class InputConfig(_Model):
-    shards: str = Field(..., description="WebDataset shard URL(s): fsspec URL with globs (*, ?) and brace ranges "
-                        "({000000..000099}, {a,b}); a comma-free list may also be given as several URLs separated by spaces.")
+    shards: str | None = Field(None, description="WebDataset shard URL(s): fsspec URL with globs (*, ?) and brace ranges "
+                               "({000000..000099}, {a,b}); a comma-free list may also be given as several URLs separated by spaces. "
+                               "Exactly one of shards and manifest.")
+    manifest: str | None = Field(None, description="Instead of shards: a Parquet, CSV or JSONL table (or a glob / brace list of them, any "
+                                 "fsspec URL) with one video URL per row (input.columns). Read in blocks of rows, never whole.")
+    manifest_format: Literal["auto", "parquet", "csv", "jsonl"] = Field("auto", description="Manifest file format; auto = by extension "
+                                                                        "(.parquet/.pq, .csv, .jsonl/.ndjson/.json).")
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    prompt_fields: list[str] = Field(default_factory=lambda: ["prompt", "caption", "text"], min_length=1, description=(
+        "Shard samples (and manifests without columns.prompt): JSON fields tried in order for the prompt, dotted paths allowed "
+        "(meta.caption); the first non-empty string wins, then the .txt member. None found = a read error row naming them."))
+    manifest_block_rows: int = Field(2000, ge=1, description="Parquet manifests: rows per block (one read task, one resume unit; "
+                                     "blocks never span row groups). Names the blocks (`shard` column), so it is row-affecting.")
+    manifest_block_bytes: int = Field(1 << 20, ge=1024, description="CSV/JSONL manifests: bytes per block, cut at record boundaries. "
+                                      "Names the blocks (`shard` column), so it is row-affecting.")
+    fetch_concurrency: int = Field(8, ge=1, description="Manifest videos fetched concurrently per read task (each up to max_sample_bytes).")
     storage: StorageOptions = Field(default_factory=StorageOptions)
     samples_per_block: int = Field(8, ge=1, description="Samples per Ray Data block emitted by the shard reader.")
     max_sample_bytes: int = Field(1 << 30, ge=1, description="Bytes one sample (all its tar members together, or one manifest video) may hold; "
                                   "a sample past it is an error row (read stage) and the members past the limit are never loaded.")
-    video_extensions: list[str] = Field(default_factory=lambda: ["mp4", "webm", "mkv", "mov", "avi", "gif"],
-                                        description="Member extensions treated as the sample's video (first match wins).")
+    video_extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS),
+                                        description="Member extensions treated as the sample's video (first match wins). A sample with none "
+                                                    "of them takes a member of another extension whose bytes FFmpeg opens as video.")
     limit: int | None = Field(None, ge=1, description="Score at most this many samples (debugging).")
     read_num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per shard-read task (I/O bound; keep small so reads are never starved by actors).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InputConfig":
+        if (self.shards is None) == (self.manifest is None):
+            raise ValueError("set exactly one of input.shards and input.manifest")
+        return self
 
 
 class DecodeConfig(_Model):
@@ -266,7 +311,8 @@ class ScoreConfig(_Model):
 # the same config, so they are treated as throughput. `decode.skip_nonref` is listed because its frames are
 # byte-identical to the full decode (tests/test_skip_nonref.py).
 NOT_ROW_AFFECTING = frozenset({
-    "input.shards", "input.storage", "input.samples_per_block", "input.limit", "input.read_num_cpus",
+    "input.shards", "input.manifest", "input.storage", "input.samples_per_block", "input.limit", "input.read_num_cpus",
+    "input.fetch_concurrency",
     "decode.threads", "decode.skip_nonref", "decode.batch_size", "decode.num_cpus", "decode.actors",
     "decode.min_actors", "decode.actors_per_engine",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",

@@ -63,6 +63,9 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("error_stage", pa.string()),
     pa.field("error", pa.string()),
     pa.field("meta_json", pa.string()),
+    pa.field("source_url", pa.string()),
+    pa.field("start_s", pa.float64()),
+    pa.field("end_s", pa.float64()),
     pa.field("decode_s", pa.float64()),
     pa.field("score_s", pa.float64()),
 ])

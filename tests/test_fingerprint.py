@@ -13,7 +13,8 @@ from pydantic import BaseModel, ValidationError
 from pipeline.config import ScoreConfig
 
 ROW_AFFECTING = {
-    "input.max_sample_bytes", "input.video_extensions",
+    "input.max_sample_bytes", "input.video_extensions", "input.prompt_fields", "input.columns.*", "input.manifest_format",
+    "input.manifest_block_rows", "input.manifest_block_bytes",
     "decode.fps", "decode.min_frames", "decode.max_frames", "decode.min_pixels", "decode.max_pixels",
     "decode.total_pixels", "decode.max_decoded_pixels", "decode.max_duration_s", "decode.max_bytes",
     "decode.decode_timeout_s", "decode.apply_rotation",
@@ -25,7 +26,8 @@ ROW_AFFECTING = {
     "output.shards_per_group",
 }
 NOT_ROW_AFFECTING = {
-    "input.shards", "input.storage.*", "input.samples_per_block", "input.limit", "input.read_num_cpus",
+    "input.shards", "input.manifest", "input.storage.*", "input.samples_per_block", "input.limit", "input.read_num_cpus",
+    "input.fetch_concurrency",
     "decode.threads", "decode.skip_nonref", "decode.batch_size", "decode.num_cpus", "decode.actors",
     "decode.min_actors", "decode.actors_per_engine",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
@@ -36,6 +38,8 @@ NOT_ROW_AFFECTING = {
     "ray.*",
 }
 BASE = {"input": {"shards": "s3://b/shard-*.tar"}, "output": {"path": "s3://b/out"}}
+# input.shards and input.manifest exclude each other: the manifest fields are changed on a manifest config
+BASE_MANIFEST = {"input": {"manifest": "s3://b/m.parquet"}, "output": {"path": "s3://b/out"}}
 
 
 def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, typing.Any]]:
@@ -112,13 +116,14 @@ def test_every_field_is_classified_once():
 
 @pytest.mark.parametrize("path,ann", LEAVES, ids=[p for p, _ in LEAVES])
 def test_run_id_changes_exactly_with_row_affecting_fields(path, ann):
-    base = ScoreConfig.model_validate(BASE)
+    tree = BASE_MANIFEST if path.startswith("input.manifest") else BASE
+    base = ScoreConfig.model_validate(tree)
     current = _get(base, path)
     for value in CANDIDATES.get(path) or _candidates(ann, current):
         if value == current:
             continue
         try:
-            changed = ScoreConfig.model_validate(_set(BASE, path, value))
+            changed = ScoreConfig.model_validate(_set(tree, path, value))
         except ValidationError:
             continue
         if _get(changed, path) == current:

@@ -208,7 +208,7 @@ def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
     for c in DecodeStage.INPUT_COLUMNS:
         col = np.empty(len(rows), dtype=object)
         for i, r in enumerate(rows):
-            col[i] = r[c]
+            col[i] = r.get(c)  # source_url, start_s, end_s: not set here (whole videos from shards)
         batch[c] = col
     return batch
 

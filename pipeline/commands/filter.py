@@ -1,4 +1,6 @@
-"""`vscore filter SCORES OUT --where EXPR [--shards-out URL]`: keep the samples whose scores pass."""
+"""`vscore filter SCORES OUT --where EXPR [--shards-out URL] [--source-manifest URL]`: keep the samples whose
+scores pass. On a manifest run, `--source-manifest` writes the kept rows with the corpus's own columns
+(pipeline/tools/corpus_manifest.py) and `--shards-out` packs the kept clips' videos from their URLs."""
 
 from __future__ import annotations
 
@@ -11,15 +13,28 @@ def run(a: argparse.Namespace) -> int:
     from pipeline.config import StorageOptions
     from pipeline.tools.filter import ExpressionError, filter_scores, format_summary
 
+    from pipeline.errors import UsageError
+    from pipeline.tools.corpus_manifest import manifest_run_input, write_source_manifest
+
     storage = StorageOptions(endpoint_url=a.endpoint_url, profile=a.profile, anon=a.anon)
-    try:
-        s = filter_scores(a.scores, a.out, a.where, storage=storage, shards_out=a.shards_out,
+    minput = manifest_run_input(a.scores, a.run_id, storage)
+    if a.source_manifest and minput is None:
+        raise UsageError(f"--source-manifest: {a.scores} is not the output of a manifest run (input.manifest) "
+                         "with one run (or the one named by --run-id)")
+    try:  # a manifest run's blocks are not tar shards: its shards are packed from the video URLs below
+        s = filter_scores(a.scores, a.out, a.where, storage=storage, shards_out=None if minput else a.shards_out,
                           shard_size=a.shard_size, run_id=a.run_id, source_prefixes=a.source_prefix,
                           any_source=a.any_source, max_sample_bytes=a.max_sample_bytes)
     except ExpressionError as e:
         print(f"vscore filter: {e}", file=sys.stderr)
         return 2
+    if minput is not None and (a.source_manifest or a.shards_out):
+        dest = a.source_manifest or a.out.rsplit(".", 1)[0] + "-source.jsonl"
+        s.update(write_source_manifest(a.out, dest, minput, storage, shards_out=a.shards_out, shard_size=a.shard_size))
     print(format_summary(s), file=sys.stderr)
+    if "source_manifest" in s:
+        print(f"source manifest: {s['source_rows_written']} rows with the corpus's columns -> {s['source_manifest']}"
+              + (f"; shards: {len(s['shards_written'])}" if "shards_written" in s else ""), file=sys.stderr)
     print(json.dumps(s, default=str))
     return 0
 
@@ -33,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help='expression over the scores columns, e.g. "visual_quality >= 4 and physical_consistency >= 3"')
     sp.add_argument("--shards-out", default=None, help="also write the kept samples as WebDataset shards here (URL)")
     sp.add_argument("--shard-size", type=int, default=1000, help="samples per output shard (default 1000)")
+    sp.add_argument("--source-manifest", default=None, help="manifest runs: also write the kept rows with the corpus "
+                    "manifest's own columns (+ vscore_* scores and span) here: .parquet, .csv or .jsonl, ready as input.manifest")
     sp.add_argument("--run-id", default=None, help="the run to filter, when the dataset holds several")
     sp.add_argument("--source-prefix", action="append", default=None, metavar="URL",
                     help="with --shards-out: read source shards only under this folder URL (repeatable; default: the "

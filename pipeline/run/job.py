@@ -26,6 +26,7 @@ from pipeline.stages.score import ScoreStage, inflight_root
 from pipeline.run.plan import ResourcePlan, make_plan
 from pipeline.run.resume import shard_manifest_dir
 from pipeline.storage import filesystem
+from pipeline.stages.manifest import plan_blocks
 from pipeline.stages.read import list_shards, read_shards_batch, shard_group_of
 from pipeline.stages.sink import CommittedParquetSink, quarantine_url
 
@@ -158,7 +159,12 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     """Run the scoring job to completion (resuming a previous run of the same config and output) and
     return (and write) its summary."""
     run_id = cfg.resolved_run_id()
-    all_shards = list_shards(cfg.input.shards, cfg.input.storage)
+    if cfg.input.manifest:  # blocks of manifest rows play the part of shards from here on
+        all_shards = plan_blocks(list_shards(cfg.input.manifest, cfg.input.storage), cfg.input)
+        if not all_shards:
+            raise UsageError(f"input.manifest={cfg.input.manifest!r} holds no rows")
+    else:
+        all_shards = list_shards(cfg.input.shards, cfg.input.storage)
     if not all_shards:
         raise UsageError(f"no shards match input.shards={cfg.input.shards!r}")
     out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)

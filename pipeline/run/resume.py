@@ -92,7 +92,7 @@ def guard_fingerprint(cfg: ScoreConfig) -> None:
     fs, root = filesystem(cfg.output.path, cfg.output.storage)
     path = f"{root.rstrip('/')}/{RUNS_DIR}/{cfg.resolved_run_id()}.json"
     fp = cfg.scoring_fingerprint()
-    prefixes = input_prefixes(cfg.input.shards)
+    prefixes = input_prefixes(cfg.input.shards or cfg.input.manifest or "")
     if fs.exists(path):
         old = json.loads(fs.cat(path))
         if old.get("config_fingerprint") != fp:
@@ -105,9 +105,11 @@ def guard_fingerprint(cfg: ScoreConfig) -> None:
         prefixes = sorted(set(prefixes) | set(old.get("input_prefixes", [])))
     fs.makedirs(f"{root.rstrip('/')}/{RUNS_DIR}", exist_ok=True)
     # input_prefixes: where this run read its inputs; tools that reopen sources (vscore filter) read only there
-    fs.pipe_file(path, json.dumps({"run_id": cfg.resolved_run_id(), "config_fingerprint": fp,
-                                   "model": cfg.engine.model, "template": cfg.prompt.template,
-                                   "input_prefixes": prefixes}).encode())
+    record = {"run_id": cfg.resolved_run_id(), "config_fingerprint": fp, "model": cfg.engine.model,
+              "template": cfg.prompt.template, "input_prefixes": prefixes}
+    if cfg.input.manifest:  # how the manifest was read (never credentials): `vscore filter` maps rows back to it
+        record["input"] = cfg.input.model_dump(mode="json", exclude={"storage"})
+    fs.pipe_file(path, json.dumps(record).encode())
 
 
 def run_record(scores_url: str, storage: Any, run_id: str) -> dict[str, Any] | None:

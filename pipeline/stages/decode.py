@@ -20,6 +20,7 @@ from pipeline.schema import PREFILTER_STAGE, SIGNAL_COLUMNS, one_line
 from pipeline.stages.prefilter import Prefilter
 from pipeline.video.decode import DecodeError, decode_video
 from pipeline.video.signals import compute_signals
+from pipeline.video.seek import decode_span
 
 
 _EMPTY_FRAMES_SHAPE = (0, 0, 0, 3)
@@ -31,6 +32,15 @@ def _str_or_none(v: Any) -> str | None:
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
     return v if isinstance(v, str) else None
+
+
+def _float_or_none(v: Any) -> float | None:
+    """A float cell from a numpy batch: null arrives as NaN (or None)."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if v is None or isinstance(v, (str, bytes)):
+        return None
+    v = float(v)
+    return None if v != v else v
 
 
 def _frames_type() -> pa.DataType:
@@ -54,11 +64,12 @@ class DecodeStage:
     decoded) feed the engine's video metadata; `fps`/`src_frames` are the same facts as output columns (null).
     """
 
-    PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json")
-    INPUT_COLUMNS = PASS_THROUGH + ("video", "status", "error_stage", "error")
-    OUTPUT_COLUMNS = PASS_THROUGH + ("status", "error_stage", "error", "frames", "frame_indices", "num_frames",
-                                     "width", "height", "duration_s", "src_fps", "total_frames", "decode_s",
-                                     "fps", "src_width", "src_height", "src_frames") + SIGNAL_COLUMNS
+    PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url")
+    SPAN_COLUMNS = ("start_s", "end_s")  # floats, passed through; a row with either decodes that span of its video
+    INPUT_COLUMNS = PASS_THROUGH + SPAN_COLUMNS + ("video", "status", "error_stage", "error")
+    OUTPUT_COLUMNS = PASS_THROUGH + SPAN_COLUMNS + ("status", "error_stage", "error", "frames", "frame_indices", "num_frames",
+                                                    "width", "height", "duration_s", "src_fps", "total_frames", "decode_s",
+                                                    "fps", "src_width", "src_height", "src_frames") + SIGNAL_COLUMNS
 
     def __init__(self, cfg: DecodeConfig, prefilter: PrefilterConfig | None = None) -> None:
         self.cfg = cfg
@@ -67,8 +78,8 @@ class DecodeStage:
     @staticmethod
     def output_types() -> dict[str, pa.DataType]:
         types = {c: pa.string() for c in DecodeStage.PASS_THROUGH + ("status", "error_stage", "error", "frame_indices")}
-        types.update(frames=_frames_type(), num_frames=pa.int32(), width=pa.int32(), height=pa.int32(),
-                     duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64(),
+        types.update(start_s=pa.float64(), end_s=pa.float64(), frames=_frames_type(), num_frames=pa.int32(), width=pa.int32(),
+                     height=pa.int32(), duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64(),
                      fps=pa.float64(), src_width=pa.int32(), src_height=pa.int32(), src_frames=pa.int64(),
                      motion=pa.float64(), flicker=pa.float64(), blank_fraction=pa.float64(), sharpness=pa.float64(),
                      phash=pa.string())
@@ -78,8 +89,9 @@ class DecodeStage:
     def empty_frames() -> np.ndarray:
         return np.zeros(_EMPTY_FRAMES_SHAPE, dtype=np.uint8)
 
-    def decode_row(self, video: Any, status: str, error_stage: str | None, error: str | None) -> dict[str, Any]:
-        """Output fields (all but the pass-through ones) for one row."""
+    def decode_row(self, video: Any, status: str, error_stage: str | None, error: str | None,
+                   span: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
+        """Output fields (all but the pass-through ones) for one row; `span` = (start_s, end_s) of a clip."""
         res: dict[str, Any] = {"status": status, "error_stage": error_stage, "error": error,
                                "frames": self.empty_frames(), "frame_indices": "", "num_frames": 0,
                                "width": 0, "height": 0, "duration_s": 0.0, "src_fps": 0.0, "total_frames": 0,
@@ -90,7 +102,7 @@ class DecodeStage:
         t0 = time.perf_counter()
         try:
             data = bytes(video) if isinstance(video, (bytes, bytearray, memoryview, np.ndarray)) else b""
-            dv = decode_video(data, self.cfg)
+            dv = decode_span(data, self.cfg, *span) if span != (None, None) else decode_video(data, self.cfg)
         except DecodeError as e:
             res.update(status="error", error_stage="decode", error=str(e))
         except Exception as e:  # noqa: BLE001 - a bug must not kill the whole batch; it becomes an error row
@@ -123,13 +135,16 @@ class DecodeStage:
         rows = []
         for i in range(n):
             status = _str_or_none(batch["status"][i]) or "ok"
+            span = tuple(_float_or_none(batch[c][i]) if c in batch else None for c in self.SPAN_COLUMNS)
             rows.append(self.decode_row(batch["video"][i], status, _str_or_none(batch["error_stage"][i]),
-                                        _str_or_none(batch["error"][i])))
+                                        _str_or_none(batch["error"][i]), span))
         self.apply_prefilter(rows)
         types = self.output_types()
         cols: dict[str, pa.Array] = {}
         for c in self.PASS_THROUGH:
             cols[c] = pa.array([_str_or_none(v) for v in batch[c]] if c in batch else [None] * n, type=pa.string())
+        for c in self.SPAN_COLUMNS:
+            cols[c] = pa.array([_float_or_none(v) for v in batch[c]] if c in batch else [None] * n, type=pa.float64())
         for c in self.OUTPUT_COLUMNS:
             if c in cols:
                 continue

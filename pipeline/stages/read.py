@@ -1,7 +1,12 @@
 """Read stage: list WebDataset shards on any fsspec URL and stream their samples as rows.
 
-Layout of a sample: ``{key}.mp4`` (or another video extension) + ``{key}.json`` holding at least
-``{"prompt": ...}`` and any metadata. A ``{key}.txt`` prompt is accepted too.
+Layout of a sample: ``{key}.mp4`` (or any container FFmpeg reads: `config.VIDEO_EXTENSIONS`, or a member of
+another extension whose bytes FFmpeg opens as video) + ``{key}.json`` with the prompt in one of
+`input.prompt_fields` (default ``prompt``, ``caption``, ``text``; dotted paths such as ``meta.caption``) and
+any metadata, or a ``{key}.txt`` prompt: the layouts of vscore pack, video2dataset, OpenVid-1M and HF-style
+exports. Keys may hold dots (``abc.def.mp4``): a member name ending in a known extension splits there.
+Optional JSON fields ``start_s``/``end_s`` (or a ``spans`` list with a parallel caption list, see
+`pipeline.spans`) make the sample a clip of its video, one row per span.
 
 Reading is our own small shard reader over ``tarfile`` in streaming mode rather than
 ``ray.data.read_webdataset``: it keeps exactly one row per sample (a malformed sample becomes an error
@@ -20,13 +25,19 @@ from typing import Any
 
 from braceexpand import braceexpand
 
-from pipeline.config import InputConfig, StorageOptions
+from pipeline.config import VIDEO_EXTENSIONS, InputConfig, StorageOptions
 from pipeline.schema import make_row_id, one_line
+from pipeline.spans import SpanError, is_listish
+from pipeline.stages.manifest import iter_manifest_block
+from pipeline.stages.samples import base_row as _base_row, expand_spans, first_prompt, get_field, span_values
 from pipeline.storage import filesystem, with_protocol
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
+VIDEO_EXTS = tuple(f".{e}" for e in VIDEO_EXTENSIONS)  # what `vscore pack` packs; read reads them all
+# Member extensions split off a several-dot name before the first-dot rule applies (WebDataset's own rule
+# splits ``abc.def.mp4`` into key ``abc``, ext ``def.mp4``: webdataset issue 11).
+_KNOWN_EXTS = frozenset(VIDEO_EXTENSIONS) | {"json", "txt", "cls", "jpg", "jpeg", "png", "webp", "npy", "wav", "mp3", "flac"}
 SHARD_PATTERN = "shard-{index:06d}.tar"
 # Tar members one sample (key) may have; more is an error row (the rest are skipped unread). WebDataset
 # samples have a handful (video, json, txt, a few tensors).
@@ -48,22 +59,39 @@ def list_shards(spec: str, storage: StorageOptions) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
-def _split_member(name: str) -> tuple[str, str]:
-    """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
+def _split_member(name: str, current_key: str | None = None, known: frozenset[str] | set[str] = _KNOWN_EXTS,
+                  current_exts: Any = ()) -> tuple[str, str]:
+    """(key, ext) of a tar member; members of one sample are adjacent. A name extending the current sample's
+    key by extensions it does not have yet (``abc.def.seg.png`` after ``abc.def.mp4``) belongs to it; else a
+    name ending in a known extension splits at that last dot (keys may hold dots: ``abc.def.mp4`` ->
+    ``abc.def``, ``mp4``); else WebDataset's convention: key = path up to the first dot of the basename."""
     slash = name.rfind("/")
+    if current_key is not None and name.startswith(current_key + ".") and "/" not in name[len(current_key):]:
+        rest = name[len(current_key) + 1:].lower()
+        if rest not in current_exts and rest.rsplit(".", 1)[-1] not in current_exts:
+            return current_key, rest
+    last = name.rfind(".")
+    if last > slash + 1 and name[last + 1:].lower() in known:
+        return name[:last], name[last + 1:].lower()
     dot = name.find(".", slash + 1)
     if dot < 0:
         return name, ""
     return name[:dot], name[dot + 1:].lower()
 
 
-def _base_row(shard: str, shard_group: str, key: str) -> dict[str, Any]:
-    return {"row_id": make_row_id(shard, key), "key": key, "shard": shard, "shard_group": shard_group,
-            "prompt": None, "meta_json": None, "video": b"", "status": "ok", "error_stage": None, "error": None}
+def _video_member(parts: dict[str, Any], cfg: InputConfig) -> str | None:
+    """The member holding the video: the first known extension, else a member FFmpeg opens as video."""
+    ext = next((e for e in cfg.video_extensions if e in parts), None)
+    if ext is None:
+        from pipeline.video.sniff import looks_like_video
+
+        ext = next((e for e, v in parts.items() if not e.startswith("__") and isinstance(v, bytes) and looks_like_video(v, e)), None)
+    return ext
 
 
-def _finish_sample(row: dict[str, Any], parts: dict[str, Any], cfg: InputConfig) -> dict[str, Any]:
-    """Fill prompt, metadata and video of one sample from its collected members, or mark it an error."""
+def _finish_sample(row: dict[str, Any], parts: dict[str, Any], cfg: InputConfig) -> list[dict[str, Any]]:
+    """Fill prompt, metadata, span and video of one sample from its collected members, or mark it an error.
+    One row, or one row per span when the sample lists several."""
     problems = parts.pop("__errors__", [])
     meta: dict[str, Any] = {}
     if "json" in parts:
@@ -75,22 +103,46 @@ def _finish_sample(row: dict[str, Any], parts: dict[str, Any], cfg: InputConfig)
             problems.append(f"bad json metadata: {one_line(e, 200)}")
             meta = {}
     row["meta_json"] = json.dumps(meta, ensure_ascii=False) if meta else None
-    prompt = meta.get("prompt") if isinstance(meta.get("prompt"), str) else None
+    start, end, spans = span_values(meta, cfg.columns, shard_defaults=True)
+    listed = spans is not None or is_listish(start) or is_listish(end)
+    prompt: Any = next((get_field(meta, f) for f in cfg.prompt_fields if listed and is_listish(get_field(meta, f))), None)
+    if prompt is None:
+        prompt = first_prompt(meta, cfg.prompt_fields)
     if prompt is None and "txt" in parts:
         try:
-            prompt = parts["txt"].decode("utf-8").strip()
+            prompt = parts["txt"].decode("utf-8").strip() or None
         except UnicodeDecodeError:
             problems.append("prompt is not UTF-8")
-    row["prompt"] = prompt
-    video_ext = next((e for e in cfg.video_extensions if e in parts), None)
+    video_ext = _video_member(parts, cfg)
     if video_ext is not None:
         row["video"] = parts[video_ext]
+    try:
+        clips = expand_spans(start, end, spans, prompt)
+    except SpanError as e:
+        problems.append(f"bad span: {one_line(str(e), 200)}")
+        clips = [(None, prompt)]
+    rows = []
+    for i, (span, text) in enumerate(clips):
+        r = dict(row)
+        if len(clips) > 1:
+            r["key"] = f"{row['key']}@span{i}"
+            r["row_id"] = make_row_id(r["shard"], r["key"])
+        r["prompt"] = text if isinstance(text, str) and text.strip() else None
+        if span is not None:
+            r["start_s"], r["end_s"] = span
+        rows.append(_check_sample(r, problems, video_ext, cfg))
+    return rows
+
+
+def _check_sample(row: dict[str, Any], problems: list[str], video_ext: str | None, cfg: InputConfig) -> dict[str, Any]:
     if problems:
         row.update(status="error", error_stage="read", error=one_line("; ".join(problems)), video=b"")
     elif video_ext is None:
-        row.update(status="error", error_stage="read", error=f"no video member (looked for {', '.join(cfg.video_extensions)})")
-    elif prompt is None:
-        row.update(status="error", error_stage="read", error="no prompt (no .json 'prompt' field and no .txt)", video=b"")
+        row.update(status="error", error_stage="read", error=f"no video member (looked for {', '.join(cfg.video_extensions)}, "
+                   "and found no other member FFmpeg opens as video)")
+    elif row["prompt"] is None:
+        row.update(status="error", error_stage="read",
+                   error=f"no prompt (no non-empty JSON field {', '.join(cfg.prompt_fields)} and no .txt)", video=b"")
     elif not row["video"]:
         row.update(status="error", error_stage="read", error="empty video member", video=b"")
     return row
@@ -104,10 +156,11 @@ def iter_shard(shard: str, shard_group: str, cfg: InputConfig) -> Iterator[dict[
     current_key: str | None = None
     parts: dict[str, Any] = {}
     emitted: set[str] = set()
+    known = _KNOWN_EXTS | set(cfg.video_extensions)
 
-    def flush() -> dict[str, Any] | None:
+    def flush() -> list[dict[str, Any]]:
         if current_key is None:
-            return None
+            return []
         key = current_key
         if key in emitted:  # duplicate key later in the shard: keep the row unique and say why
             n = 1
@@ -123,11 +176,9 @@ def iter_shard(shard: str, shard_group: str, cfg: InputConfig) -> Iterator[dict[
             for member in tar:
                 if not member.isfile():
                     continue
-                key, ext = _split_member(member.name)
+                key, ext = _split_member(member.name, current_key, known, parts)
                 if key != current_key:
-                    row = flush()
-                    if row is not None:
-                        yield row
+                    yield from flush()
                     current_key, parts = key, {}
                     held = members = 0
                 # Limits per SAMPLE, not per member: one key with many members must not grow without bound.
@@ -144,14 +195,12 @@ def iter_shard(shard: str, shard_group: str, cfg: InputConfig) -> Iterator[dict[
                 fobj = tar.extractfile(member)
                 parts[ext] = fobj.read() if fobj is not None else b""
                 held += len(parts[ext])
-            row = flush()
+            rows = flush()
             current_key = None
-            if row is not None:
-                yield row
+            yield from rows
     except Exception as e:  # noqa: BLE001 - storage/tar failures become data
         if current_key is not None:
-            row = flush()
-            if row is not None:
+            for row in flush():
                 row.update(status="error", error_stage="read", error=one_line(f"shard broke while reading this sample: {one_line(e, 300)}"), video=b"")
                 yield row
         key = "__shard__" if not emitted else "__shard_tail__"
@@ -182,7 +231,8 @@ def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str |
         buf: list[dict[str, Any]] = []
         ids: list[str] = []
         skipped = 0
-        for row in iter_shard(str(shard), str(group), cfg):
+        rows = iter_manifest_block(str(shard), str(group), cfg) if cfg.manifest else iter_shard(str(shard), str(group), cfg)
+        for row in rows:
             ids.append(row["row_id"])
             if row["row_id"] in skip_set:
                 skipped += 1
@@ -198,7 +248,8 @@ def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str |
         report({"rows_read": len(ids) - skipped, "rows_skipped": skipped, "shards_read": 1})
 
 
-READ_COLUMNS = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "video", "status", "error_stage", "error")
+READ_COLUMNS = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "video", "status", "error_stage", "error",
+                "source_url", "start_s", "end_s")
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

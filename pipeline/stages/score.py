@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 # exceptions that mean the engine itself is dead (not one bad request)
 FATAL_ENGINE_ERRORS = {"EngineDeadError", "EngineGenerateError_Dead"}
 
-PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "status", "error_stage", "error",
-                "num_frames", "width", "height", "decode_s") + PREFILTER_COLUMNS  # duration_s is the first of these
+PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url", "start_s", "end_s",
+                "status", "error_stage", "error", "num_frames", "width", "height", "decode_s") + PREFILTER_COLUMNS  # duration_s is the first of these
 
 
 class ScoreStage:
@@ -60,6 +60,9 @@ class ScoreStage:
                 row[c] = None
             elif v is not None and OUTPUT_SCHEMA.field(c).type in (pa.int32(), pa.int64()):
                 row[c] = int(v)
+        for c in ("start_s", "end_s", "source_url"):  # numpy batches carry a null float as NaN, a null string as NaN too
+            if isinstance(row.get(c), float) and row[c] != row[c]:
+                row[c] = None
         row.update(run_id=self.run_id, model=self.cfg.engine.model, template=self.cfg.prompt.template,
                    seed=make_seed(self.cfg.sampling.seed, row["row_id"]))
         return row

@@ -3,7 +3,8 @@
 `decode_video` follows the decord reader of qwen-vl-utils (`_read_video_decord`): total_frames and fps come
 from container metadata (decord: `len(vr)`, `vr.get_avg_fps()`), the frame plan is `pipeline.vs2.frames.plan_frames`,
 and the kept frames are resized to the planned size. Throughput rules (docs/cpu-stack.md section 5): decode
-sequentially and never seek (seeking restarts at the previous keyframe, 5x slower at the x264 default GOP),
+sequentially and never seek within a clip (seeking restarts at the previous keyframe, 5x slower at the x264 default
+GOP; a clip *span* of a longer source is the exception: pipeline/video/seek.py starts at the keyframe before it),
 convert and resize only the kept frames, straight from the decoder's YUV to rgb24 at the target size
 (`VideoReformatter.reformat(frame, width=, height=, format="rgb24", interpolation=BICUBIC)`: what
 `frame.reformat(...)` does, with one swscale context reused across the kept frames of a clip).

@@ -149,3 +149,37 @@ def plan_frames(total_frames: int, video_fps: float, height: int, width: int, cf
     if h <= 0 or w <= 0:
         raise ValueError(f"frame size {width}x{height} resizes to {w}x{h}")
     return FramePlan(indices=idx, out_height=h, out_width=w, nframes=n)
+
+
+def span_frame_range(total_frames: int, video_fps: float, start_s: float | None, end_s: float | None) -> tuple[int, int, int]:
+    """qwen-vl-utils 0.0.14 `calculate_video_frame_range` for `video_start`/`video_end` (seconds), line for line:
+    both clamped to [0, total_frames / fps], start frame = ceil(start * fps), end frame = floor(end * fps) capped
+    at the last frame. Returns (start_frame, end_frame, frame_count); the span's frames are then planned like a
+    clip of `frame_count` frames (`smart_nframes`) and kept at `linspace(start_frame, end_frame, n).round()`.
+    Raises ValueError (upstream's wording) when the start frame is not before the end frame: an empty or
+    reversed span, or one that starts at or past the end of the video."""
+    if video_fps <= 0:
+        raise ValueError("video_fps must be a positive number")
+    if total_frames <= 0:
+        raise ValueError("total_frames must be a positive integer")
+    if start_s is None and end_s is None:
+        return 0, total_frames - 1, total_frames
+    max_duration = total_frames / video_fps
+    start_frame = math.ceil(max(0.0, min(start_s, max_duration)) * video_fps) if start_s is not None else 0
+    if end_s is not None:
+        end_frame = min(math.floor(max(0.0, min(end_s, max_duration)) * video_fps), total_frames - 1)
+    else:
+        end_frame = total_frames - 1
+    if start_frame >= end_frame:
+        raise ValueError(f"Invalid time range: Start frame {start_frame} (at {start_s if start_s is not None else 0}s) exceeds end frame "
+                         f"{end_frame} (at {end_s if end_s is not None else max_duration}s). Video duration: {max_duration:.2f}s "
+                         f"({total_frames} frames @ {video_fps}fps)")
+    return start_frame, end_frame, end_frame - start_frame + 1
+
+
+def span_indices(total_frames: int, video_fps: float, start_s: float | None, end_s: float | None, cfg: DecodeConfig) -> list[int]:
+    """The kept source frame indices of a span, as qwen-vl-utils' decord reader picks them:
+    `torch.linspace(start_frame, end_frame, smart_nframes(frame_count)).round()` (float64 here, see frame_indices)."""
+    start, end, count = span_frame_range(total_frames, video_fps, start_s, end_s)
+    n = smart_nframes(count, video_fps, cfg)
+    return [int(i) for i in np.linspace(start, end, n).round()]
