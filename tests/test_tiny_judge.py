@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from pipeline.config import EngineConfig, SamplingConfig
 from pipeline.dev.tiny_judge import JUDGE_MARKER, JUDGE_NOTE, is_test_judge
@@ -24,6 +25,7 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # builds the judge a second time (15-25 s of training)
 def test_judge_build_is_deterministic_and_shaped_like_the_tiny_model(tiny_judge_dir, tiny_model_dir, tmp_path):
     again = build_tiny_model(tmp_path / "judge", seed=0, judge=True)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json"):
