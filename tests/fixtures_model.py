@@ -46,8 +46,8 @@ def judge_cache_key() -> str:
     import transformers
 
     h = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
-    for name in ("tiny_model.py", "tiny_judge.py"):
-        h.update((REPO / "pipeline" / "dev" / name).read_bytes())
+    for name in ("dev/tiny_model.py", "dev/tiny_judge.py", "vs2/templates.py", "vs2/chat.py"):  # its inputs
+        h.update((REPO / "pipeline" / name).read_bytes())
     return h.hexdigest()[:16]
 
 
