@@ -241,7 +241,8 @@ def test_vscore_metrics_reach_prometheus(ray_head):
 
     from pipeline.run import stats
 
-    assert not ray.is_initialized()
+    if ray.is_initialized():  # a local Ray left by an earlier test's `run()` (it starts one when none is up)
+        ray.shutdown()
     ray.init(address=ray_head.gcs, log_to_driver=False)
     try:
         handle = stats.create("vscore-stats-metrics-test", "vs2-metricstest")
