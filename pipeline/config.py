@@ -154,6 +154,8 @@ class EngineConfig(_Model):
                               "A poison sample costs up to 3 (its batch dies once, then it dies twice alone and is quarantined).")
     max_task_retries: int = Field(3, ge=0, description="Times a batch is retried on a restarted scoring actor before the job fails "
                                   "(>= 3 lets a batch holding a poison sample reach its quarantine).")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per scoring actor, e.g. {scorer: 1} to place "
+                                        "scoring actors only on nodes started with `ray start --resources='{\"scorer\": N}'` (the GPU role).")
 
 
 class OutputConfig(_Model):
@@ -187,6 +189,10 @@ class RayConfig(_Model):
     actor_locality: bool | None = Field(None, description="Ray Data actor locality (route blocks to actors on the node that holds them). "
                                         "None = off on the one-node local Ray that vscore starts (nothing to choose between; it costs a lookup actor), Ray's default (on) when connecting to a cluster.")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Extra env vars for Ray workers (no secrets here: they land in logs).")
+    capacity_timeout_s: float | None = Field(120.0, gt=0, description="Static clusters: a plan no node can host (no node offers a scoring or "
+                                             "decode actor's CPUs/GPUs/custom resources) fails at start with one line naming what is missing, and "
+                                             "a run whose cluster has had no such node for this many seconds (the node was lost) stops with one "
+                                             "line; a rerun resumes. None = wait for capacity forever (autoscaling clusters whose groups start at 0).")
 
 
 class ScoreConfig(_Model):
@@ -222,7 +228,7 @@ NOT_ROW_AFFECTING = frozenset({
     "decode.min_actors", "decode.actors_per_engine",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
-    "engine.max_restarts", "engine.max_task_retries",
+    "engine.max_restarts", "engine.max_task_retries", "engine.resources",
     "output.path", "output.storage", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
     "output.partition_cols",
     "ray",
@@ -238,7 +244,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in ("engine.engine_kwargs", "ray.env_vars"):
+        if isinstance(v, dict) and key not in ("engine.engine_kwargs", "engine.resources", "ray.env_vars"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
