@@ -204,8 +204,20 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
             if not lost:
                 raise
             done = len(resume.load_state(cfg).committed)
-            raise CapacityError(f"run {run_id} stopped: {lost[0]}; {done} rows are committed under {cfg.output.path}, "
-                                "the rest is scored by rerunning the same command once the cluster has the capacity") from None
+            raise CapacityError(f"run {run_id} stopped: {lost[0]}; {done} rows committed under {cfg.output.path}; "
+                                "rerun the same command to resume once the cluster has the capacity") from None
+        except NODE_LOSS_ERRORS as exc:
+            # Ray Data gives up on a map task whose actor sat on a lost node once its retries are spent (an actor
+            # that cannot be restarted anywhere makes every retry fail at once): one line, not a Ray traceback.
+            if cfg.ray.capacity_timeout_s is None:
+                raise
+            stop.set()
+            why = _lost_capacity(cfg, plan)
+            done = len(resume.load_state(cfg).committed)
+            where = f" and {why}" if why else " (the surviving nodes can host every actor kind)"
+            raise CapacityError(f"run {run_id} stopped: a node was lost ({type(exc).__name__}){where}; {done} rows committed "
+                                f"under {cfg.output.path}; rerun the same command to resume"
+                                f"{' once the cluster has the capacity' if why else ''}") from None
         finally:
             stop.set()
         try:
@@ -247,6 +259,26 @@ def absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
     if not fixes:
         return cfg
     return cfg.model_copy(update={"output": out.model_copy(update=fixes)})
+
+
+NODE_LOSS_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(ray.exceptions, n) for n in ("ActorUnavailableError", "ActorDiedError", "NodeDiedError", "ObjectLostError",
+                                         "OwnerDiedError", "ObjectReconstructionFailedError", "WorkerCrashedError",
+                                         "LocalRayletDiedError") if hasattr(ray.exceptions, n))
+
+
+def _lost_capacity(cfg: ScoreConfig, plan: ResourcePlan, wait_s: float = 45.0) -> str:
+    """What no alive node can host any more, once Ray has noticed the lost node (its health checks take a few
+    seconds to tens of seconds); '' when every actor kind still fits."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            missing = unplaceable(cfg, plan, alive_node_resources())
+        except Exception:  # noqa: BLE001
+            missing = []
+        if missing or time.time() >= deadline:
+            return "; ".join(missing)
+        time.sleep(3)
 
 
 class _CapacityLost(BaseException):
