@@ -205,7 +205,7 @@ class Cluster:
                 cmd = " ".join(p.cmdline())
             except psutil.Error:
                 continue
-            if "jobs/score.py" in cmd and marker in cmd:
+            if "jobs/score.py" in cmd and marker in cmd and "python" in Path(p.cmdline()[0]).name:  # not the `sh -c` around it
                 out.append(p.pid)
         return out
 
