@@ -27,3 +27,8 @@ class OutputExistsError(UsageError, FileExistsError):
 class CapacityError(UsageError):
     """The cluster cannot run the plan: no node can host an actor the run needs (at start, or after the nodes
     that could were lost). Committed work is kept; a rerun with capacity back resumes."""
+
+
+class StorageAccessError(UsageError):
+    """Object storage refused an operation that retrying cannot fix (AccessDenied on a PUT: a bucket that became
+    read-only, revoked credentials). The message names the URL and the error."""

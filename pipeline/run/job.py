@@ -21,7 +21,7 @@ import ray
 
 from pipeline.run import resume, stats
 from pipeline.config import ScoreConfig
-from pipeline.errors import CapacityError, UsageError
+from pipeline.errors import CapacityError, StorageAccessError, UsageError
 from pipeline.stages.decode import DecodeStage
 from pipeline.stages.score import ScoreStage, inflight_root
 from pipeline.run.plan import ResourcePlan, alive_node_resources, make_plan, unplaceable
@@ -218,6 +218,13 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
             raise CapacityError(f"run {run_id} stopped: a node was lost ({type(exc).__name__}){where}; {done} rows committed "
                                 f"under {cfg.output.path}; rerun the same command to resume"
                                 f"{' once the cluster has the capacity' if why else ''}") from None
+        except Exception as exc:
+            denied = refused_write(exc)
+            if denied is None:
+                raise
+            done = len(resume.load_state(cfg).committed)
+            raise StorageAccessError(f"run {run_id} stopped: {denied}; {done} rows committed; make the output writable (or "
+                                     "choose another output.path) and rerun the same command to resume") from None
         finally:
             stop.set()
         try:
@@ -259,6 +266,29 @@ def absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
     if not fixes:
         return cfg
     return cfg.model_copy(update={"output": out.model_copy(update=fixes)})
+
+
+def refused_write(exc: BaseException) -> str | None:
+    """The message of a PermissionError (a refused PUT, named by the sink) anywhere in `exc`'s chain, as Ray
+    Data re-raises a task's error (a RayTaskError that is also an instance of the cause's class)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, PermissionError):
+            return " ".join(str(cause).split())
+        if isinstance(e, PermissionError) and not isinstance(e, ray.exceptions.RayError):
+            return " ".join(str(e).split())
+        todo += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
+    # a UDF error reaches the driver wrapped (UserCodeException) with the remote traceback as text only
+    import re
+
+    m = re.search(r"PermissionError: ((?:PUT|DELETE) \S+ refused: [^\n]+)", str(exc))
+    return " ".join(m.group(1).split()) if m else None
 
 
 NODE_LOSS_ERRORS: tuple[type[BaseException], ...] = tuple(
