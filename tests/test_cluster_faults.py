@@ -363,3 +363,25 @@ def test_driver_killed_then_same_job_resubmitted(cluster, many_shards, tmp_path)
     _record("driver-killed", f"{n} samples; killed the job driver at {at_kill} committed rows ({killed_at - t0:.0f} s in); "
             f"{committed} committed when the job ended FAILED; resubmitted: {rerun:.0f} s, {n - committed} rows scored, "
             f"{n} rows exactly once, all ok")
+
+
+def test_capacity_watchdog_interrupts_the_run(monkeypatch):
+    """When Ray keeps waiting for a lost node (no error), the driver's watchdog stops the run after
+    `ray.capacity_timeout_s` with the reason recorded (here: the only `scorer` node is gone)."""
+    import threading
+
+    from pipeline.run import job
+    from pipeline.run.plan import make_plan
+
+    cfg = _cfg(**{"engine.resources": "{scorer: 1}", "ray.capacity_timeout_s": 1})
+    plan = make_plan(cfg, {"CPU": 2.0})
+    monkeypatch.setattr(job, "alive_node_resources", lambda: [{"CPU": 2.0}])
+    monkeypatch.setattr(job._CapacityWatchdog, "POLL_S", 0.1)
+    lost: list[str] = []
+    t0 = time.time()
+    with pytest.raises(job._CapacityLost):
+        with job._CapacityWatchdog(cfg, plan, threading.Event(), lost).armed():
+            for _ in range(100):  # the run's blocking wait
+                time.sleep(0.1)
+    assert 1 <= time.time() - t0 < 5
+    assert lost and lost[0].startswith("for 1 s no node can host a scoring actor") and "missing scorer" in lost[0]
