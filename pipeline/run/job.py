@@ -319,8 +319,8 @@ class _CapacityWatchdog:
     """Stops a run whose cluster has had no node able to host one of its actor kinds (lost with a node) for
     `ray.capacity_timeout_s`: Ray would restart the lost actors once such a node comes back, and on a static
     cluster that never happens, so the run would wait forever. Polls the alive nodes every few seconds; on
-    timeout it records the reason and interrupts the main thread (SIGUSR1 when the run is in the main thread,
-    else a KeyboardInterrupt)."""
+    timeout it records the reason and interrupts the run (SIGUSR1 to the main thread, where `vscore score` and
+    `jobs/score.py` run it; a run started from another thread only gets the reason logged)."""
 
     POLL_S = 3.0
 
@@ -345,13 +345,10 @@ class _CapacityWatchdog:
                 log.warning("capacity lost: %s; stopping the run in %.0f s unless it comes back", "; ".join(missing), timeout)
             elif time.time() - since >= timeout:
                 self.lost.append(f"for {timeout:g} s {'; '.join(missing)}")
-                if threading.current_thread() is not threading.main_thread():
-                    if self._main_handler:
-                        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-                    else:
-                        import _thread
-
-                        _thread.interrupt_main()
+                if self._main_handler:
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                else:  # run() called outside the main thread (a library caller): it cannot be interrupted safely
+                    log.error("run cannot continue: %s (stop it; a rerun resumes)", self.lost[0])
                 return
 
     _main_handler = False
