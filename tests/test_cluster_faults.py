@@ -80,10 +80,13 @@ def test_plan_that_cannot_fit_fails_at_once_with_one_line(tmp_path):
     shards.mkdir()
     (shards / "shard-000000.tar").write_bytes(b"")
     t0 = time.time()
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "score", str(REPO / "configs" / "local.yaml"),
-                          f"input.shards={shards}/shard-*.tar", f"output.path={tmp_path / 'out'}", f"engine.kind={FIXED}",
-                          "engine.resources={scorer: 1}", "ray.num_cpus=2", "ray.object_store_memory=100000000",
-                          "ray.progress_bars=false"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        res = subprocess.run([sys.executable, "-m", "pipeline.cli", "score", str(REPO / "configs" / "local.yaml"),
+                              f"input.shards={shards}/shard-*.tar", f"output.path={tmp_path / 'out'}", f"engine.kind={FIXED}",
+                              "engine.resources={scorer: 1}", "ray.num_cpus=2", "ray.object_store_memory=100000000",
+                              "ray.progress_bars=false"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     err = res.stderr.strip().splitlines()
     assert res.returncode == 2, res.stderr[-3000:]
     assert err[-1].startswith("vscore score: the plan does not fit this cluster: no node can host a scoring actor")
