@@ -138,7 +138,7 @@ class DecodeConfig(_Model):
                             "(~12 MB per 5 s clip at the reference size). Fewer, larger blocks cost Ray less per video (docs/performance.md).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
     actors: int | Literal["auto"] = Field(1, description="Decode actors (max of the autoscaling range); 'auto' = actors_per_engine x scoring actors, capped by the cluster's CPUs.")
-    min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default: actors).")
+    min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default 1: the pool shrinks to what survives a lost node).")
     actors_per_engine: float = Field(4.0, gt=0, description="Decode actors per scoring actor when actors='auto' "
                                      "(sizing rule from the benchmark: decode videos/s per core vs engine videos/s).")
     max_decoded_pixels: int = Field(8192 * 8192, ge=1, description="Frame size limit (width*height, 67.1M = 8192x8192: ~100 MB per yuv420 frame). "
@@ -247,6 +247,8 @@ class EngineConfig(_Model):
                               "A poison sample costs up to 3 (its batch dies once, then it dies twice alone and is quarantined).")
     max_task_retries: int = Field(3, ge=0, description="Times a batch is retried on a restarted scoring actor before the job fails "
                                   "(>= 3 lets a batch holding a poison sample reach its quarantine).")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per scoring actor, e.g. {scorer: 1} to place "
+                                        "scoring actors only on nodes started with `ray start --resources='{\"scorer\": N}'` (the GPU role).")
 
 
 class OutputConfig(_Model):
@@ -280,6 +282,10 @@ class RayConfig(_Model):
     actor_locality: bool | None = Field(None, description="Ray Data actor locality (route blocks to actors on the node that holds them). "
                                         "None = off on the one-node local Ray that vscore starts (nothing to choose between; it costs a lookup actor), Ray's default (on) when connecting to a cluster.")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Extra env vars for Ray workers (no secrets here: they land in logs).")
+    capacity_timeout_s: float | None = Field(120.0, gt=0, description="Static clusters: a plan no node can host (no node offers a scoring or "
+                                             "decode actor's CPUs/GPUs/custom resources) fails at start with one line naming what is missing, and "
+                                             "a run whose cluster has had no such node for this many seconds (the node was lost) stops with one "
+                                             "line; a rerun resumes. None = wait for capacity forever (autoscaling clusters whose groups start at 0).")
 
 
 class ScoreConfig(_Model):
@@ -317,7 +323,7 @@ NOT_ROW_AFFECTING = frozenset({
     "decode.min_actors", "decode.actors_per_engine",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
-    "engine.max_restarts", "engine.max_task_retries",
+    "engine.max_restarts", "engine.max_task_retries", "engine.resources",
     "output.path", "output.storage", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
     "output.partition_cols",
     "ray",
@@ -333,7 +339,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in ("engine.engine_kwargs", "ray.env_vars"):
+        if isinstance(v, dict) and key not in ("engine.engine_kwargs", "engine.resources", "ray.env_vars"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v

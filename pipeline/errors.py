@@ -22,3 +22,13 @@ class ScoresDatasetError(UsageError):
 
 class OutputExistsError(UsageError, FileExistsError):
     """An output that must not exist (or must be empty) already holds data."""
+
+
+class CapacityError(UsageError):
+    """The cluster cannot run the plan: no node can host an actor the run needs (at start, or after the nodes
+    that could were lost). Committed work is kept; a rerun with capacity back resumes."""
+
+
+class StorageAccessError(UsageError):
+    """Object storage refused an operation that retrying cannot fix (AccessDenied on a PUT: a bucket that became
+    read-only, revoked credentials). The message names the URL and the error."""

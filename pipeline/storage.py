@@ -3,6 +3,10 @@ run's storage options (endpoint, credentials, retries), shared by every stage an
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import fsspec
 
 from pipeline.config import StorageOptions
@@ -49,3 +53,13 @@ def url_under(url: str, prefixes: list[str]) -> bool:
     if parts.query or parts.fragment or any(seg in ("..", ".") for seg in parts.path.split("/")):
         return False
     return any(url.startswith(p if p.endswith("/") else p + "/") for p in prefixes)
+
+
+@contextlib.contextmanager
+def refused(fs: Any, path: str, op: str = "PUT") -> Iterator[None]:
+    """Name the URL in a refused write (s3fs turns AccessDenied into a PermissionError without the path): the
+    driver reports it in one line and stops the run (pipeline.run.job), since retrying cannot fix it."""
+    try:
+        yield
+    except PermissionError as e:
+        raise PermissionError(f"{op} {with_protocol(fs, path)} refused: {' '.join(str(e).split()) or 'AccessDenied'}") from None

@@ -2,7 +2,8 @@
 
 Every request is forwarded to the upstream server, except that a seeded random fraction is failed in
 one of the ways object storage fails in production: 503 SlowDown, 500 InternalError, or a connection
-reset with no response at all.
+reset with no response at all. With `deny_writes` set (it can be switched while the proxy runs), every PUT and
+POST is answered 403 AccessDenied, as by a bucket that became read-only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+          b"<Message>Access Denied</Message></Error>")
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
 INTERNAL = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
@@ -25,7 +28,8 @@ class FaultProxy:
         self.fail_fraction = fail_fraction
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.counts = {"forwarded": 0, "503": 0, "500": 0, "reset": 0}
+        self.counts = {"forwarded": 0, "503": 0, "500": 0, "reset": 0, "403": 0}
+        self.deny_writes = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,7 +44,10 @@ class FaultProxy:
                 with proxy.lock:
                     roll = proxy.rng.random()
                     kind = None
-                    if roll < proxy.fail_fraction:
+                    if proxy.deny_writes and self.command in ("PUT", "POST"):
+                        kind = "403"
+                        proxy.counts[kind] += 1
+                    elif roll < proxy.fail_fraction:
                         kind = ("503", "500", "reset")[int(roll / proxy.fail_fraction * 3) % 3]
                         proxy.counts[kind] += 1
                     else:
@@ -50,8 +57,8 @@ class FaultProxy:
                     self.connection.close()
                     self.close_connection = True
                     return
-                if kind in ("503", "500"):
-                    payload = SLOWDOWN if kind == "503" else INTERNAL
+                if kind in ("503", "500", "403"):
+                    payload = {"503": SLOWDOWN, "500": INTERNAL, "403": DENIED}[kind]
                     self.send_response(int(kind))
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))

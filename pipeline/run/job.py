@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -20,10 +21,10 @@ import ray
 
 from pipeline.run import resume, stats
 from pipeline.config import ScoreConfig
-from pipeline.errors import UsageError
+from pipeline.errors import CapacityError, StorageAccessError, UsageError
 from pipeline.stages.decode import DecodeStage
 from pipeline.stages.score import ScoreStage, inflight_root
-from pipeline.run.plan import ResourcePlan, make_plan
+from pipeline.run.plan import ResourcePlan, alive_node_resources, make_plan, unplaceable
 from pipeline.run.resume import shard_manifest_dir
 from pipeline.storage import filesystem
 from pipeline.stages.manifest import plan_blocks
@@ -104,16 +105,18 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     ds = ds.map_batches(DecodeStage, fn_constructor_args=(d, cfg.prefilter), batch_size=d.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(min_size=plan.decode_actors_min, max_size=plan.decode_actors_max),
                         num_cpus=d.num_cpus)
-    # 3. score: accelerator actors owning one engine each.
+    # 3. score: accelerator actors owning one engine each. Both pools run with a minimum of 1: a cluster smaller
+    # than planned (or one that lost a node) runs with what fits; a fixed size waits for a scale-up that a
+    # static cluster never does.
     e = cfg.engine
     # `batches_in_flight` calls run concurrently in each actor (threads; the engine is thread-safe and
     # shares one running engine batch between them), so the engine never drains between batches.
     ds = ds.map_batches(ScoreStage, fn_constructor_args=(cfg, stats_name, None, invocation), batch_size=e.batch_size,
                         batch_format="numpy", compute=ray.data.ActorPoolStrategy(
-                            size=plan.engine_actors, max_tasks_in_flight_per_actor=e.batches_in_flight,
+                            min_size=1, max_size=plan.engine_actors, max_tasks_in_flight_per_actor=e.batches_in_flight,
                             max_concurrent_calls_per_actor=e.batches_in_flight,
                             enable_true_multi_threading=e.batches_in_flight > 1),
-                        num_gpus=plan.gpus_per_engine or None, num_cpus=e.num_cpus,
+                        num_gpus=plan.gpus_per_engine or None, num_cpus=e.num_cpus, resources=dict(e.resources) or None,
                         # a dead scoring actor is restarted and its batch retried, a bounded number of times
                         max_restarts=e.max_restarts, max_task_retries=e.max_task_retries)
     return ds
@@ -158,6 +161,7 @@ def _progress(stats_handle: Any, every_s: float, stop: threading.Event, total_sh
 def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     """Run the scoring job to completion (resuming a previous run of the same config and output) and
     return (and write) its summary."""
+    cfg = absolute_paths(cfg)  # nothing below (nor in workers, whose cwd differs) depends on the cwd
     run_id = cfg.resolved_run_id()
     if cfg.input.manifest:  # blocks of manifest rows play the part of shards from here on
         all_shards = plan_blocks(list_shards(cfg.input.manifest, cfg.input.storage), cfg.input)
@@ -182,6 +186,14 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     counters: dict[str, Any] = {}
     if todo:
         init_ray(cfg)
+        plan = make_plan(cfg, ray.cluster_resources())
+        for line in plan.lines():
+            log.info("plan: %s", line)
+        if cfg.ray.capacity_timeout_s is not None:
+            missing = unplaceable(cfg, plan, alive_node_resources())
+            if missing:
+                raise CapacityError(f"the plan does not fit this cluster: {'; '.join(missing)} (set ray.capacity_timeout_s=null "
+                                    "to wait for an autoscaler)")
         invocation = uuid.uuid4().hex[:12]
         _remove_inflight(cfg)  # an earlier invocation's markers say nothing about this one
         stats_name = f"vscore-stats-{invocation}"
@@ -189,17 +201,45 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         stop = threading.Event()
         ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop, len(todo)), daemon=True)
         ticker.start()
-        plan = make_plan(cfg, ray.cluster_resources())
-        for line in plan.lines():
-            log.info("plan: %s", line)
         ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards, plan=plan, invocation=invocation)
         sink = CommittedParquetSink(cfg.output, run_id, min_rows_per_write=cfg.output.min_rows_per_file)
+        lost: list[str] = []
+        watchdog = _CapacityWatchdog(cfg, plan, stop, lost)
         try:
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_NUM_CPUS})
+            with watchdog.armed():
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_NUM_CPUS})
+        except (_CapacityLost, KeyboardInterrupt):
+            if not lost:
+                raise
+            done = len(resume.load_state(cfg).committed)
+            raise CapacityError(f"run {run_id} stopped: {lost[0]}; {done} rows committed under {cfg.output.path}; "
+                                "rerun the same command to resume once the cluster has the capacity") from None
+        except NODE_LOSS_ERRORS as exc:
+            # Ray Data gives up on a map task whose actor sat on a lost node once its retries are spent (an actor
+            # that cannot be restarted anywhere makes every retry fail at once): one line, not a Ray traceback.
+            if cfg.ray.capacity_timeout_s is None:
+                raise
+            stop.set()
+            why = _lost_capacity(cfg, plan)
+            done = len(resume.load_state(cfg).committed)
+            where = f" and {why}" if why else " (the surviving nodes can host every actor kind)"
+            raise CapacityError(f"run {run_id} stopped: a node was lost ({type(exc).__name__}){where}; {done} rows committed "
+                                f"under {cfg.output.path}; rerun the same command to resume"
+                                f"{' once the cluster has the capacity' if why else ''}") from None
+        except Exception as exc:
+            denied = refused_write(exc)
+            if denied is None:
+                raise
+            done = len(resume.load_state(cfg).committed)
+            raise StorageAccessError(f"run {run_id} stopped: {denied}; {done} rows committed; make the output writable (or "
+                                     "choose another output.path) and rerun the same command to resume") from None
         finally:
             stop.set()
-        counters = ray.get(handle.snapshot.remote())
-        ray.kill(handle)
+        try:
+            counters = ray.get(handle.snapshot.remote(), timeout=30)
+            ray.kill(handle)
+        except Exception as exc:  # noqa: BLE001 - counters are observability; the committed rows are the result
+            log.warning("run counters unavailable at the end (%s); the summary counts committed rows only", exc)
         _remove_inflight(cfg)  # markers of work that was being generated when an actor died
     wall = time.time() - t0
     final = resume.load_state(cfg)
@@ -214,9 +254,141 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
 
 
 def _remove_inflight(cfg: ScoreConfig) -> None:
-    fs, root = filesystem(inflight_root(cfg), cfg.output.storage)
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
+    """Delete the run's in-flight markers (paths are absolute: see `absolute_paths`). A failure here is
+    logged, never raised: the markers belong to one invocation and the next one removes them too."""
+    try:
+        fs, root = filesystem(inflight_root(cfg), cfg.output.storage)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+    except (OSError, ValueError) as exc:
+        log.warning("could not remove in-flight markers under %s: %s", inflight_root(cfg), exc)
+
+
+def absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
+    """`cfg` with local output paths made absolute (URLs with a scheme are kept). A relative path would be
+    resolved against each process's cwd: the driver's (under `ray job submit`, a runtime-env folder that can
+    vanish with a node) and the workers' (their own runtime-env folders) differ. Not row-affecting."""
+    out = cfg.output
+    fixes = {}
+    for name in ("path", "quarantine_path"):
+        value = getattr(out, name)
+        if value and "://" not in value and not os.path.isabs(value):
+            fixes[name] = os.path.abspath(value)
+    if not fixes:
+        return cfg
+    return cfg.model_copy(update={"output": out.model_copy(update=fixes)})
+
+
+def refused_write(exc: BaseException) -> str | None:
+    """The message of a PermissionError (a refused PUT, named by the sink) anywhere in `exc`'s chain, as Ray
+    Data re-raises a task's error (a RayTaskError that is also an instance of the cause's class)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, PermissionError):
+            return " ".join(str(cause).split())
+        if isinstance(e, PermissionError) and not isinstance(e, ray.exceptions.RayError):
+            return " ".join(str(e).split())
+        todo += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
+    # a UDF error reaches the driver wrapped (UserCodeException) with the remote traceback as text only
+    import re
+
+    m = re.search(r"PermissionError: ((?:PUT|DELETE) \S+ refused: [^\n]+)", str(exc))
+    return " ".join(m.group(1).split()) if m else None
+
+
+NODE_LOSS_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(ray.exceptions, n) for n in ("ActorUnavailableError", "ActorDiedError", "NodeDiedError", "ObjectLostError",
+                                         "OwnerDiedError", "ObjectReconstructionFailedError", "WorkerCrashedError",
+                                         "LocalRayletDiedError") if hasattr(ray.exceptions, n))
+
+
+def _lost_capacity(cfg: ScoreConfig, plan: ResourcePlan, wait_s: float = 45.0) -> str:
+    """What no alive node can host any more, once Ray has noticed the lost node (its health checks take a few
+    seconds to tens of seconds); '' when every actor kind still fits."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            missing = unplaceable(cfg, plan, alive_node_resources())
+        except Exception:  # noqa: BLE001
+            missing = []
+        if missing or time.time() >= deadline:
+            return "; ".join(missing)
+        time.sleep(3)
+
+
+class _CapacityLost(BaseException):
+    """Raised in the driver's main thread by the capacity watchdog (through SIGUSR1)."""
+
+
+class _CapacityWatchdog:
+    """Stops a run whose cluster has had no node able to host one of its actor kinds (lost with a node) for
+    `ray.capacity_timeout_s`: Ray would restart the lost actors once such a node comes back, and on a static
+    cluster that never happens, so the run would wait forever. Polls the alive nodes every few seconds; on
+    timeout it records the reason and interrupts the run (SIGUSR1 to the main thread, where `vscore score` and
+    `jobs/score.py` run it; a run started from another thread only gets the reason logged)."""
+
+    POLL_S = 3.0
+
+    def __init__(self, cfg: ScoreConfig, plan: ResourcePlan, stop: threading.Event, lost: list[str]) -> None:
+        self.cfg, self.plan, self.stop, self.lost = cfg, plan, stop, lost
+
+    def _watch(self) -> None:
+        timeout = self.cfg.ray.capacity_timeout_s
+        since: float | None = None
+        while not self.stop.wait(self.POLL_S):
+            try:
+                missing = unplaceable(self.cfg, self.plan, alive_node_resources())
+            except Exception:  # noqa: BLE001 - GCS briefly unreachable: ask again
+                continue
+            if not missing:
+                if since is not None:
+                    log.info("capacity is back: every actor kind of the plan can be placed again")
+                since = None
+                continue
+            if since is None:
+                since = time.time()
+                log.warning("capacity lost: %s; stopping the run in %.0f s unless it comes back", "; ".join(missing), timeout)
+            elif time.time() - since >= timeout:
+                self.lost.append(f"for {timeout:g} s {'; '.join(missing)}")
+                if self._main_handler:
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                else:  # run() called outside the main thread (a library caller): it cannot be interrupted safely
+                    log.error("run cannot continue: %s (stop it; a rerun resumes)", self.lost[0])
+                return
+
+    _main_handler = False
+
+    def armed(self) -> "Any":
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            if self.cfg.ray.capacity_timeout_s is None:
+                yield
+                return
+            previous = None
+            if threading.current_thread() is threading.main_thread():
+                def raise_lost(signum: int, frame: Any) -> None:
+                    raise _CapacityLost()
+
+                previous = signal.signal(signal.SIGUSR1, raise_lost)
+                self._main_handler = True
+            t = threading.Thread(target=self._watch, daemon=True, name="vscore-capacity")
+            t.start()
+            try:
+                yield
+            finally:
+                self.stop.set()
+                if previous is not None:
+                    signal.signal(signal.SIGUSR1, previous)
+
+        return ctx()
 
 
 def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, counters: dict[str, Any],

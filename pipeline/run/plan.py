@@ -5,8 +5,13 @@ printed at start.
   `tensor_parallel_size` for vLLM); on a CPU-only cluster, 1;
 - decode actors: `decode.actors`, or with 'auto' `decode.actors_per_engine` x scoring actors, capped by
   the CPUs left after the scoring actors and a reserve for read tasks; the pool autoscales between
-  `decode.min_actors` and that number;
+  `decode.min_actors` (default 1) and that number;
+- both actor pools have a minimum of 1 and the plan's number as maximum, so a cluster that is smaller than
+  planned (at start, or after losing a node) runs with what fits instead of waiting for a scale-up;
 - read tasks take `input.read_num_cpus` each; Ray Data schedules as many as fit.
+
+`unplaceable` checks the plan against the alive nodes: an actor that no single node can host (not enough
+CPUs/GPUs on any node, or no node offering its custom resources, `engine.resources`) is named in one line.
 """
 
 from __future__ import annotations
@@ -62,8 +67,37 @@ def make_plan(cfg: ScoreConfig, resources: dict[str, Any]) -> ResourcePlan:
         dmax = max(1, min(cap, math.ceil(d.actors_per_engine * engines)))
     else:
         dmax = int(d.actors)
-    dmin = min(d.min_actors or dmax, dmax)
+    dmin = min(d.min_actors or 1, dmax)
     used = engines * e.num_cpus + dmax * d.num_cpus
     if cpus and used + cfg.input.read_num_cpus > cpus:
         notes.append(f"actors reserve {used:g} of {cpus:g} CPUs: read tasks may starve (lower num_cpus or actors)")
     return ResourcePlan(cpus, gpus, engines, gpus_per, e.num_cpus, dmin, dmax, d.num_cpus, cfg.input.read_num_cpus, notes)
+
+
+def actor_demands(cfg: ScoreConfig, plan: ResourcePlan) -> dict[str, dict[str, float]]:
+    """What one actor of each pool asks Ray for (only non-zero amounts)."""
+    score = {"CPU": float(cfg.engine.num_cpus), "GPU": float(plan.gpus_per_engine), **{k: float(v) for k, v in cfg.engine.resources.items()}}
+    decode = {"CPU": float(cfg.decode.num_cpus)}
+    return {"scoring actor": {k: v for k, v in score.items() if v > 0}, "decode actor": {k: v for k, v in decode.items() if v > 0}}
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    """Total resources of every alive node (Ray's per-node `node:<ip>` and placement-group keys dropped)."""
+    import ray
+
+    return [{k: float(v) for k, v in n.get("Resources", {}).items() if not k.startswith("node:") and "_group_" not in k}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def unplaceable(cfg: ScoreConfig, plan: ResourcePlan, nodes: list[dict[str, float]]) -> list[str]:
+    """One clause per actor kind that no alive node can host, naming what it needs and what nodes offer."""
+    out = []
+    for what, need in actor_demands(cfg, plan).items():
+        if any(all(n.get(k, 0.0) >= v for k, v in need.items()) for n in nodes):
+            continue
+        missing = sorted({k for k, v in need.items() if not any(n.get(k, 0.0) >= v for n in nodes)}) or sorted(need)
+        offer = "; ".join(", ".join(f"{k}={n[k]:g}" for k in sorted(n) if k in need or k in ("CPU", "GPU")) or "nothing"
+                          for n in nodes) or "no alive node"
+        out.append(f"no node can host a {what} (needs {', '.join(f'{k}={v:g}' for k, v in sorted(need.items()))}; "
+                   f"missing {', '.join(missing)}; nodes offer: {offer})")
+    return out

@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.config import ScoreConfig
 from pipeline.errors import UsageError
 from pipeline.stages.sink import COMMITS_DIR, commit_dir, partition_segment, quarantine_url
-from pipeline.storage import filesystem, input_prefixes
+from pipeline.storage import filesystem, input_prefixes, refused
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class ResumeState:
 
 
 def _read_json_files(fs: Any, directory: str) -> list[dict[str, Any]]:
+    # s3fs caches listings per filesystem instance (fsspec reuses instances in a process): without this, the
+    # state read at the end of a run (its summary) or by a second run in the same process misses new markers
+    fs.invalidate_cache(directory)
     if not fs.exists(directory):
         return []
     paths = [p for p in fs.ls(directory, detail=False) if p.endswith(".json")]
@@ -149,6 +152,7 @@ def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
             log.warning("output is not partitioned by run_id: leftovers of interrupted runs are not cleaned up")
             return removed
         base = f"{root.rstrip('/')}/{partition_segment('run_id', run_id)}"
+        fs.invalidate_cache(base)  # a cached listing (s3fs) could hide a killed run's files
         if not fs.exists(base):
             continue
         for path in fs.find(base):
@@ -165,5 +169,7 @@ def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
 
 def write_shard_manifest(manifest_dir: str, storage: Any, shard: str, row_ids: list[str]) -> None:
     fs, root = filesystem(manifest_dir, storage)
-    fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(f"{root}/{shard_manifest_name(shard)}", json.dumps({"shard": shard, "rows": len(row_ids), "row_ids": row_ids}).encode())
+    path = f"{root}/{shard_manifest_name(shard)}"
+    with refused(fs, path):
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(path, json.dumps({"shard": shard, "rows": len(row_ids), "row_ids": row_ids}).encode())

@@ -66,7 +66,13 @@ class RunStats:
 
 
 def create(name: str, run_id: str = "") -> Any:
-    return RunStats.options(name=name, get_if_exists=True).remote(run_id)  # type: ignore[attr-defined]
+    """The run's counters actor, pinned to the driver's node (hard affinity): placed anywhere, it could land on
+    a node that is later lost (a preempted GPU node) and take the run's counters and progress with it. The
+    driver's node is the one node whose loss ends the run anyway."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return RunStats.options(name=name, get_if_exists=True, scheduling_strategy=here).remote(run_id)  # type: ignore[attr-defined]
 
 
 def progress(s: dict[str, Any], total_shards: int) -> dict[str, Any]:

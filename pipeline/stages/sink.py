@@ -30,7 +30,7 @@ from ray.data.datasource.datasink import Datasink
 from pipeline.config import OutputConfig
 from pipeline.schema import OUTPUT_SCHEMA
 from pipeline.stages.prefilter import skip_conditions
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, refused
 
 COMMITS_DIR = "_vscore/commits"
 
@@ -75,9 +75,10 @@ def _write_partitioned(fs: Any, root: str, table: pa.Table, cols: list[str], dig
             groups.append((tuple(k[c] for c in cols), table.filter(mask)))
     for values, part in groups:
         path = _partition_path(root, cols, values, digest)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with fs.open(path, "wb") as f:
-            pq.write_table(part.drop_columns(list(cols)), f, compression="zstd")
+        with refused(fs, path):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with fs.open(path, "wb") as f:
+                pq.write_table(part.drop_columns(list(cols)), f, compression="zstd")
         files.append(path)
     return files
 
@@ -131,13 +132,14 @@ class CommittedParquetSink(Datasink):
         # The marker is written last; one PUT (S3) / one file (local, via rename) makes it atomic.
         final = f"{cdir}/{digest}.json"
         payload = json.dumps(marker).encode()
-        if fs.protocol in ("file", ("file", "local"), "local"):
-            tmp = f"{final}.tmp"
-            with fs.open(tmp, "wb") as f:
-                f.write(payload)
-            fs.mv(tmp, final)
-        else:
-            fs.pipe_file(final, payload)
+        with refused(fs, final):
+            if fs.protocol in ("file", ("file", "local"), "local"):
+                tmp = f"{final}.tmp"
+                with fs.open(tmp, "wb") as f:
+                    f.write(payload)
+                fs.mv(tmp, final)
+            else:
+                fs.pipe_file(final, payload)
         return {"rows": table.num_rows, "errors_by_stage": dict(stages), "output_tokens": marker["output_tokens"]}
 
     def on_write_complete(self, write_result: Any) -> None:
