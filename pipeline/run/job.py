@@ -173,10 +173,11 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     resume.guard_fingerprint(cfg)
     state = resume.load_state(cfg)
     resume.remove_uncommitted(cfg, state)
+    resume.consolidate(cfg, state)  # markers of earlier invocations -> the compact checkpoint
     todo = [s for s in all_shards if not state.shard_done(s)]
     skip = {s: state.committed_by_shard[s] for s in todo if s in state.committed_by_shard}
     log.info("run %s: %d shards (%d already complete, %d committed rows) -> %s (engine %s, model %s, template %s)",
-             run_id, len(all_shards), len(all_shards) - len(todo), len(state.committed), cfg.output.path,
+             run_id, len(all_shards), len(all_shards) - len(todo), state.committed_rows, cfg.output.path,
              cfg.engine.kind, cfg.engine.model, cfg.prompt.template)
     t0 = time.time()
     counters: dict[str, Any] = {}
@@ -203,7 +204,8 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         _remove_inflight(cfg)  # markers of work that was being generated when an actor died
     wall = time.time() - t0
     final = resume.load_state(cfg)
-    summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=len(state.committed))
+    resume.consolidate(cfg, final)
+    summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=state.committed_rows)
     out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
     out_fs.makedirs(f"{out_root}/{SUMMARY_DIR}", exist_ok=True)
     out_fs.pipe_file(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", json.dumps(summary, indent=2).encode())
@@ -225,7 +227,7 @@ def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, c
     totals = state.totals()
     errors = sum(totals["errors_by_stage"].values())
     skipped = totals["skipped"]
-    rows_in = sum(len(v) for s, v in state.shard_rows.items() if s in set(shards))
+    rows_in = sum(state.shard_size(s) for s in shards)
     new_rows = totals["rows"] - resumed_rows
     per_video = totals["engine_s"] / totals["engine_rows"] if totals["engine_rows"] else None
     saved = stats.gpu_seconds_saved(skipped, totals["engine_s"], totals["engine_rows"])

@@ -6,7 +6,7 @@ told apart from finished ones, and a rerun duplicates rows. This sink writes, fo
 1. the data files, ``OUT/run_id=R/shard_group=G/part-<digest>.parquet`` (partition columns live in the
    path; `digest` is a hash of the task's sorted row ids, so a retried task overwrites its own files);
 2. the same rows' errors (status "error"; skipped rows are not errors) to the quarantine table (``OUT-quarantine/...``, same schema);
-3. then the commit marker ``OUT/_vscore/commits/R/<digest>.json`` listing the files and row ids.
+3. then the commit marker ``OUT/_vscore/commits/R/<digest>.json`` listing the files and row ids (per shard).
 
 A row is committed iff a marker names it. `pipeline.run.resume` reads the markers to skip committed rows
 and delete uncommitted files on the next run with the same output and run id: exactly once.
@@ -122,7 +122,7 @@ class CommittedParquetSink(Datasink):
         reasons = Counter(c for e in skipped.column("error").to_pylist() for c in skip_conditions(e))
         score_s = table.column("score_s")
         marker = {"run_id": self.run_id, "digest": digest, "rows": table.num_rows, "files": files, "quarantine_files": qfiles,
-                  "row_ids": row_ids, "rows_by_shard": by_shard, "errors_by_stage": dict(stages), "parse_modes": dict(modes),
+                  "rows_by_shard": by_shard, "errors_by_stage": dict(stages), "parse_modes": dict(modes),
                   "output_tokens": int(pc.sum(table["output_tokens"]).as_py() or 0),
                   "skipped": skipped.num_rows, "skip_reasons": dict(reasons),
                   "engine_rows": score_s.length() - score_s.null_count, "engine_s": float(pc.sum(score_s).as_py() or 0.0)}
