@@ -13,7 +13,6 @@ from pipeline.run import resume
 from pipeline.schema import make_row_id
 from pipeline.stages.sink import CommittedParquetSink
 from pipeline.storage import filesystem
-from tests.fixtures_infra import s3  # noqa: F401
 
 
 def _cfg(out: str, storage: StorageOptions | None = None) -> ScoreConfig:

@@ -71,7 +71,10 @@ def commit_rows(cfg: ScoreConfig, n_rows: int, shard_size: int = 1000, rows_per_
 def measure_resume(cfg: ScoreConfig, consolidate: bool = True) -> dict[str, Any]:
     """Start-up of a rerun: load the state, clean leftovers, fold markers. Wall time and added RSS."""
     from pipeline.run import resume
+    from pipeline.storage import filesystem
 
+    fs, root = filesystem(cfg.output.path, cfg.output.storage)  # the baseline: a client that has listed the empty output
+    fs.exists(f"{root.rstrip('/')}/_vscore/none")
     gc.collect()
     rss0 = _rss_mb()
     t0 = time.time()

@@ -155,6 +155,16 @@ def _progress(stats_handle: Any, every_s: float, stop: threading.Event, total_sh
                  p["rows_scored"], total, p["videos_per_s"], p["output_tokens_per_s"], p["errors"], skip, eta)
 
 
+def _fold_state(cfg: ScoreConfig, every_s: float, stop: threading.Event) -> None:
+    """Fold new commit markers and finished shards' manifests into the compact checkpoint while the run goes
+    on, so neither the end-of-run summary nor a rerun after a crash has to load one marker per write task."""
+    while not stop.wait(every_s):
+        try:
+            resume.consolidate(cfg, resume.load_state(cfg))
+        except Exception as e:  # noqa: BLE001 - the next fold (or the end of the run) tries again
+            log.warning("state fold failed (retried later): %s", e)
+
+
 def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     """Run the scoring job to completion (resuming a previous run of the same config and output) and
     return (and write) its summary."""
@@ -187,9 +197,16 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         _remove_inflight(cfg)  # an earlier invocation's markers say nothing about this one
         stats_name = f"vscore-stats-{invocation}"
         handle = stats.create(stats_name, run_id)
+        registry = None
+        if cfg.cache.dedup:
+            from pipeline.stages.score_cache import start_registry
+
+            registry = start_registry(invocation)
         stop = threading.Event()
         ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop, len(todo)), daemon=True)
         ticker.start()
+        folder = threading.Thread(target=_fold_state, args=(cfg, cfg.output.state_fold_every_s, stop), daemon=True)
+        folder.start()
         plan = make_plan(cfg, ray.cluster_resources())
         for line in plan.lines():
             log.info("plan: %s", line)
@@ -199,8 +216,11 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_NUM_CPUS})
         finally:
             stop.set()
+            folder.join()
         counters = ray.get(handle.snapshot.remote())
         ray.kill(handle)
+        if registry is not None:
+            ray.kill(registry)
         _remove_inflight(cfg)  # markers of work that was being generated when an actor died
     wall = time.time() - t0
     final = resume.load_state(cfg)
@@ -234,7 +254,7 @@ def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, c
     return {
         "run_id": run_id, "output": cfg.output.path, "quarantine": quarantine_url(cfg.output), "shards": len(shards),
         "rows_in": rows_in, "rows_out": totals["rows"], "ok": totals["rows"] - errors - skipped, "errors": errors,
-        "skipped": skipped,
+        "skipped": skipped, "from_cache": totals.get("from_cache", 0), "duplicates": totals.get("duplicates", 0),
         "prefilter": {"expression": cfg.prefilter.expression(), "skipped": skipped, "skip_reasons": totals["skip_reasons"],
                       "engine_s_per_video": round(per_video, 4) if per_video is not None else None,
                       "gpu_s_saved": round(saved, 2) if saved is not None else None},

@@ -287,5 +287,5 @@ def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
 
 def write_shard_manifest(manifest_dir: str, storage: Any, shard: str, row_ids: list[str]) -> None:
     fs, root = filesystem(manifest_dir, storage)
-    fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(f"{root}/{shard_manifest_name(shard)}", json.dumps({"shard": shard, "rows": len(row_ids), "row_ids": row_ids}).encode())
+    # whole or absent: the driver folds manifests into the checkpoint while read tasks still write them
+    _put_atomic(fs, f"{root}/{shard_manifest_name(shard)}", json.dumps({"shard": shard, "rows": len(row_ids), "row_ids": row_ids}).encode())

@@ -125,6 +125,8 @@ class CommittedParquetSink(Datasink):
                   "rows_by_shard": by_shard, "errors_by_stage": dict(stages), "parse_modes": dict(modes),
                   "output_tokens": int(pc.sum(table["output_tokens"]).as_py() or 0),
                   "skipped": skipped.num_rows, "skip_reasons": dict(reasons),
+                  "from_cache": int(pc.sum(pc.cast(pc.fill_null(table["from_cache"], False), pa.int64())).as_py() or 0),
+                  "duplicates": table.num_rows - table.column("duplicate_of").null_count,
                   "engine_rows": score_s.length() - score_s.null_count, "engine_s": float(pc.sum(score_s).as_py() or 0.0)}
         cdir = commit_dir(root, self.run_id)
         fs.makedirs(cdir, exist_ok=True)
