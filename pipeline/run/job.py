@@ -165,9 +165,10 @@ def _fold_state(cfg: ScoreConfig, every_s: float, stop: threading.Event) -> None
             log.warning("state fold failed (retried later): %s", e)
 
 
-def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
+def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = False) -> dict[str, Any]:
     """Run the scoring job to completion (resuming a previous run of the same config and output) and
-    return (and write) its summary."""
+    return (and write) its summary. `retry_errors`: first uncommit the run's error rows of a retryable stage
+    (read, decode, engine) so they are scored again (`pipeline.run.retry`)."""
     run_id = cfg.resolved_run_id()
     if cfg.input.manifest:  # blocks of manifest rows play the part of shards from here on
         all_shards = plan_blocks(list_shards(cfg.input.manifest, cfg.input.storage), cfg.input)
@@ -181,6 +182,11 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     if out_fs.isfile(out_root):
         raise UsageError(f"output.path {cfg.output.path} is a file; expected a folder (new, or holding earlier runs)")
     resume.guard_fingerprint(cfg)
+    retried = None
+    if retry_errors:
+        from pipeline.run.retry import prepare_retry
+
+        retried = prepare_retry(cfg)["rows"]
     state = resume.load_state(cfg)
     resume.remove_uncommitted(cfg, state)
     resume.consolidate(cfg, state)  # markers of earlier invocations -> the compact checkpoint
@@ -226,6 +232,8 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     final = resume.load_state(cfg)
     resume.consolidate(cfg, final)
     summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=state.committed_rows)
+    if retried is not None:
+        summary["retried"] = retried
     out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
     out_fs.makedirs(f"{out_root}/{SUMMARY_DIR}", exist_ok=True)
     out_fs.pipe_file(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", json.dumps(summary, indent=2).encode())

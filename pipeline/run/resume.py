@@ -237,16 +237,30 @@ def _put_atomic(fs: Any, path: str, payload: bytes) -> None:
         fs.pipe_file(path, payload)
 
 
-def consolidate(cfg: ScoreConfig, st: ResumeState) -> int:
-    """Write the compact checkpoint of `st`, then delete the markers and done shards' manifests it folded.
-    Returns the number of objects removed. Safe to kill at any point (see `load_state`)."""
-    if not st.folded_paths:
-        return 0
+def write_checkpoint(cfg: ScoreConfig, st: ResumeState) -> None:
+    """The run's compact state in one atomic write (the commit point of folds, retries and compactions)."""
     fs, root = filesystem(cfg.output.path, cfg.output.storage)
     record = {"version": STATE_VERSION, "run_id": cfg.resolved_run_id(), "done": st.done,
               "partial": {s: sorted(v) for s, v in st.partial.items()}, "digests": sorted(st.digests),
               "totals": st.acc}
     _put_atomic(fs, state_path(root, cfg.resolved_run_id()), json.dumps(record, separators=(",", ":")).encode())
+
+
+def subtract_totals(acc: dict[str, Any], m: dict[str, Any]) -> None:
+    neg = {k: (-v if isinstance(v, (int, float)) else {kk: -vv for kk, vv in v.items()}) for k, v in m.items()
+           if isinstance(v, (int, float, dict))}
+    _add_totals(acc, neg)
+    for k in ("errors_by_stage", "parse_modes", "skip_reasons"):
+        acc[k] = {kk: vv for kk, vv in acc[k].items() if vv}
+
+
+def consolidate(cfg: ScoreConfig, st: ResumeState) -> int:
+    """Write the compact checkpoint of `st`, then delete the markers and done shards' manifests it folded.
+    Returns the number of objects removed. Safe to kill at any point (see `load_state`)."""
+    if not st.folded_paths:
+        return 0
+    write_checkpoint(cfg, st)
+    fs, _root = filesystem(cfg.output.path, cfg.output.storage)
     paths, st.folded_paths = st.folded_paths, []
     if paths:
         try:
@@ -273,13 +287,15 @@ def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
         base = f"{root.rstrip('/')}/{partition_segment('run_id', run_id)}"
         if not fs.exists(base):
             continue
-        for path in fs.find(base):
-            if COMMITS_DIR in path or "/_vscore/" in path:
+        # one partition folder at a time (never the whole listing in memory): O(files) requests, O(folder) memory
+        for dirpath, _dirs, names in fs.walk(base):
+            if COMMITS_DIR in dirpath or "/_vscore" in dirpath:
                 continue
-            name = path.rsplit("/", 1)[-1]
-            if name.startswith("part-") and name.endswith((".parquet", ".parquet.tmp")) and not state.is_committed_file(name):
-                fs.rm(path)
-                removed.append(path)
+            for name in names:
+                if name.startswith("part-") and name.endswith((".parquet", ".parquet.tmp")) and not state.is_committed_file(name):
+                    path = f"{dirpath.rstrip('/')}/{name}"
+                    fs.rm(path)
+                    removed.append(path)
     if removed:
         log.info("removed %d uncommitted file(s) left by an interrupted run", len(removed))
     return removed
