@@ -270,6 +270,9 @@ class OutputConfig(_Model):
                                "Run id partition value; None = derived from every setting that can change a row (`ScoreConfig.scoring_fingerprint`: engine, model, prompt, sampling, frame rule, limits).")
     quarantine_path: str | None = Field(None, description="Where error rows are also written (same schema); None = '<path>-quarantine'.")
     min_rows_per_file: int = Field(64, ge=1, description="Rows buffered per write task (one commit unit, one file per partition).")
+    target_file_mb: float = Field(128.0, gt=0, description="Compaction target: small committed files of a partition are "
+                                  "rewritten, atomically, into files of about this size (pipeline/run/compact.py).")
+    compact: bool = Field(True, description="Compact small files while the run goes on (with each state fold) and at its end.")
     state_fold_every_s: float = Field(60.0, gt=0, description="How often the driver folds new commit markers and shard manifests into "
                                       "the run's compact checkpoint while a run goes on (also done at start and end).")
 
@@ -339,7 +342,7 @@ NOT_ROW_AFFECTING = frozenset({
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
     "engine.max_restarts", "engine.max_task_retries",
     "output.path", "output.storage", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
-    "output.partition_cols", "output.state_fold_every_s",
+    "output.partition_cols", "output.state_fold_every_s", "output.target_file_mb", "output.compact",
     "ray", "cache",
 })
 

@@ -84,6 +84,7 @@ class ResumeState:
     partial: dict[str, set[str]] = field(default_factory=dict)
     shard_rows: dict[str, list[str]] = field(default_factory=dict)
     digests: set[str] = field(default_factory=set)
+    retired: set[str] = field(default_factory=set)  # digests whose files were rewritten (compaction, retry)
     acc: dict[str, Any] = field(default_factory=_empty_totals)
     # objects folded into the state by this load: removed once a checkpoint holding them is written
     folded_paths: list[str] = field(default_factory=list)
@@ -180,6 +181,7 @@ def load_state(cfg: ScoreConfig) -> ResumeState:
         st.done = {k: int(v) for k, v in ck.get("done", {}).items()}
         st.partial = {k: set(v) for k, v in ck.get("partial", {}).items()}
         st.digests = set(ck.get("digests", ()))
+        st.retired = set(ck.get("retired", ()))
         st.acc.update(ck.get("totals", {}))
     cdir = commit_dir(root, run_id)
     if fs.exists(cdir):
@@ -187,12 +189,12 @@ def load_state(cfg: ScoreConfig) -> ResumeState:
         fresh = []
         for p in names:
             digest = p.rsplit("/", 1)[-1][:-len(".json")]
-            (st.folded_paths if digest in st.digests else fresh).append(p)
+            (st.folded_paths if digest in st.digests or digest in st.retired else fresh).append(p)
         if fresh:
             blobs = fs.cat(fresh)
             for p in fresh:
                 m = json.loads(blobs[p])
-                if m["digest"] in st.digests:
+                if m["digest"] in st.digests or m["digest"] in st.retired:
                     st.folded_paths.append(p)
                     continue
                 st.digests.add(m["digest"])
@@ -242,7 +244,7 @@ def write_checkpoint(cfg: ScoreConfig, st: ResumeState) -> None:
     fs, root = filesystem(cfg.output.path, cfg.output.storage)
     record = {"version": STATE_VERSION, "run_id": cfg.resolved_run_id(), "done": st.done,
               "partial": {s: sorted(v) for s, v in st.partial.items()}, "digests": sorted(st.digests),
-              "totals": st.acc}
+              "retired": sorted(st.retired), "totals": st.acc}
     _put_atomic(fs, state_path(root, cfg.resolved_run_id()), json.dumps(record, separators=(",", ":")).encode())
 
 

@@ -81,6 +81,7 @@ def rewrite(cfg: ScoreConfig, st: resume.ResumeState, files: dict[str, list[tupl
             written += 1
     # the commit point: one atomic checkpoint write
     st.digests.difference_update(digests)
+    st.retired.update(digests)
     if written:
         st.digests.add(new)
     resume.write_checkpoint(cfg, st)
