@@ -160,7 +160,12 @@ def _fold_state(cfg: ScoreConfig, every_s: float, stop: threading.Event) -> None
     on, so neither the end-of-run summary nor a rerun after a crash has to load one marker per write task."""
     while not stop.wait(every_s):
         try:
-            resume.consolidate(cfg, resume.load_state(cfg))
+            st = resume.load_state(cfg)
+            resume.consolidate(cfg, st)
+            if cfg.output.compact:  # small committed files -> files near output.target_file_mb, atomically
+                from pipeline.run.compact import compact
+
+                compact(cfg, st)
         except Exception as e:  # noqa: BLE001 - the next fold (or the end of the run) tries again
             log.warning("state fold failed (retried later): %s", e)
 
@@ -231,6 +236,10 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
     wall = time.time() - t0
     final = resume.load_state(cfg)
     resume.consolidate(cfg, final)
+    if cfg.output.compact:
+        from pipeline.run.compact import compact
+
+        compact(cfg, final)
     summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=state.committed_rows)
     if retried is not None:
         summary["retried"] = retried
