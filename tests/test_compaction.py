@@ -130,3 +130,15 @@ def test_sigkill_during_compaction_then_restart(tmp_path, delay):
     assert st.totals() == totals and st.committed_rows == 600
     compact.compact(cfg, target_bytes=6 * 1024)  # and the compaction finishes on the next run
     assert len(_ids(out)) == 600 and set(_ids(out).values()) == {1}
+
+
+def test_retired_digests_pruned_at_next_start(tmp_path):
+    cfg = _cfg(tmp_path / "out")
+    commit_rows(cfg, 300, shard_size=100, rows_per_task=20)
+    compact.compact(cfg, target_bytes=1 << 30)
+    st = _restart(cfg)
+    assert len(st.retired) == 15
+    resume.prune_retired(cfg, st)
+    again = resume.load_state(cfg)
+    assert again.retired == set() and again.committed_rows == 300 and len(again.digests) == 1
+    assert len(_ids(tmp_path / "out")) == 300 and set(_ids(tmp_path / "out").values()) == {1}

@@ -195,6 +195,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
     state = resume.load_state(cfg)
     resume.remove_uncommitted(cfg, state)
     resume.consolidate(cfg, state)  # markers of earlier invocations -> the compact checkpoint
+    resume.prune_retired(cfg, state)
     todo = [s for s in all_shards if not state.shard_done(s)]
     skip = {s: state.committed_by_shard[s] for s in todo if s in state.committed_by_shard}
     log.info("run %s: %d shards (%d already complete, %d committed rows) -> %s (engine %s, model %s, template %s)",

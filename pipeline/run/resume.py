@@ -256,6 +256,16 @@ def subtract_totals(acc: dict[str, Any], m: dict[str, Any]) -> None:
         acc[k] = {kk: vv for kk, vv in acc[k].items() if vv}
 
 
+def prune_retired(cfg: ScoreConfig, st: ResumeState) -> None:
+    """At the start of an invocation, after `remove_uncommitted` and `consolidate`: forget the digests that
+    compaction or a retry retired. They only guard against a write task of an earlier invocation being
+    retried after its files were rewritten; that invocation is over, its leftover files are deleted and its
+    markers folded away, so the set would otherwise grow with every compaction."""
+    if st.retired and not st.folded_paths:
+        st.retired = set()
+        write_checkpoint(cfg, st)
+
+
 def consolidate(cfg: ScoreConfig, st: ResumeState) -> int:
     """Write the compact checkpoint of `st`, then delete the markers and done shards' manifests it folded.
     Returns the number of objects removed. Safe to kill at any point (see `load_state`)."""
