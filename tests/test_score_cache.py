@@ -83,3 +83,17 @@ def test_duplicates_scored_once_and_cache_across_runs(ray_local, tmp_path):  # n
     # a different score-affecting setting misses
     run(_cfg(shards, tmp_path / "out3", record, cache, max_new_tokens=64), progress_every_s=60)
     assert len(_calls(record)) == 4
+
+
+def test_content_hash_covers_span_and_report_counts_reuse():
+    import pandas as pd
+
+    from pipeline.tools.report_prefilter import prefilter_facts, prefilter_html
+
+    assert make_content_hash(b"abc") == make_content_hash(b"abc") != make_content_hash(b"abd")
+    assert make_content_hash(b"abc", 0.0, 2.0) != make_content_hash(b"abc") != make_content_hash(b"abc", 0.0, 3.0)
+    df = pd.DataFrame({"status": ["ok"] * 4, "from_cache": [True, False, False, None],
+                       "duplicate_of": [None, "r1", None, "r1"], "score_s": [None, None, 0.5, None]})
+    f = prefilter_facts(df)
+    assert f["from_cache"] == 1 and f["duplicates"] == 2
+    assert "1 rows from the cross-run score cache" in prefilter_html(f, lambda *a: "")
