@@ -83,6 +83,11 @@ def test_kill_during_compaction_then_restart(tmp_path, monkeypatch, point):
     with pytest.raises(Killed):
         compact.compact(cfg, target_bytes=1 << 30)
     monkeypatch.undo()
+    # before any restart, a reader through vscore's opener sees every row once (the other copy is not committed)
+    from pipeline.tools.dataset import open_scores
+
+    seen = Counter(open_scores(str(tmp_path / "out")).dataset.to_table(columns=["row_id"]).column("row_id").to_pylist())
+    assert len(seen) == 400 and set(seen.values()) == {1}
     st = _restart(cfg)
     ids = _ids(tmp_path / "out")
     assert len(ids) == 400 and set(ids.values()) == {1}, f"{sum(ids.values()) - len(ids)} duplicated rows"
