@@ -147,3 +147,40 @@ def test_retired_digests_pruned_at_next_start(tmp_path):
     again = resume.load_state(cfg)
     assert again.retired == set() and again.committed_rows == 300 and len(again.digests) == 1
     assert len(_ids(tmp_path / "out")) == 300 and set(_ids(tmp_path / "out").values()) == {1}
+
+
+def test_folds_and_compaction_while_the_run_goes_on(ray_local, tmp_path):  # noqa: F811
+    """The driver folds the state and compacts every 0.2 s while write tasks commit: afterwards every row
+    once (read straight from the folder), one small file per partition, the summary from the checkpoint."""
+    import json as _json
+
+    from pipeline.run.job import run
+    from pipeline.tools.pack import pack
+
+    samples = REPO / "samples" / "videos"
+    recs = [_json.loads(l) for l in (samples / "manifest.jsonl").read_text().splitlines() if l.strip()]
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = []
+    for i in range(12):
+        r = recs[i % len(recs)]
+        (src / f"v{i}.mp4").write_bytes((samples / r["file"]).read_bytes())
+        lines.append(_json.dumps({"file": f"v{i}.mp4", "prompt": f"{r['prompt']} #{i}"}))
+    (src / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    pack(src, str(tmp_path / "shards"), shard_size=3)
+    out = tmp_path / "out"
+    cfg = ScoreConfig.model_validate({
+        "input": {"shards": f"{tmp_path}/shards/*.tar", "samples_per_block": 1},
+        "decode": {"actors": 1, "num_cpus": 0.25, "batch_size": 1, "max_pixels": 50176, "min_pixels": 3136},
+        "engine": {"kind": "pipeline.engines.fixed:FixedOutputEngine", "engine_kwargs": {"sleep_s": 0.2},
+                   "actors": 1, "num_gpus": 0, "num_cpus": 0.25, "batch_size": 1, "batches_in_flight": 1},
+        "output": {"path": str(out), "min_rows_per_file": 1, "shards_per_group": 2, "state_fold_every_s": 0.2},
+        "ray": {"progress_bars": False},
+    })
+    s = run(cfg, progress_every_s=60)
+    assert s["rows_out"] == 12 and s["rows_in"] == 12 and s["ok"] == 12
+    ids = _ids(out)
+    assert len(ids) == 12 and set(ids.values()) == {1}
+    assert len(_files(out)) == 2  # two shard groups, one compacted file each
+    st = resume.load_state(cfg)
+    assert len(st.done) == 4 and not st.partial and st.committed_rows == 12
