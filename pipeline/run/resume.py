@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.config import ScoreConfig
 from pipeline.errors import UsageError
 from pipeline.stages.sink import COMMITS_DIR, commit_dir, partition_segment, quarantine_url
-from pipeline.storage import filesystem, input_prefixes
+from pipeline.storage import filesystem, input_prefixes, put_atomic
 
 log = logging.getLogger(__name__)
 
@@ -227,16 +227,7 @@ def load_state(cfg: ScoreConfig) -> ResumeState:
     return st
 
 
-def _put_atomic(fs: Any, path: str, payload: bytes) -> None:
-    """One PUT (object stores) / write + rename (local): a reader sees the old object or the new, never half."""
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    if fs.protocol in ("file", ("file", "local"), "local"):
-        tmp = f"{path}.tmp"
-        with fs.open(tmp, "wb") as f:
-            f.write(payload)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, payload)
+_put_atomic = put_atomic  # (kept for callers of the earlier name)
 
 
 def write_checkpoint(cfg: ScoreConfig, st: ResumeState) -> None:

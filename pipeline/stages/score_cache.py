@@ -21,7 +21,7 @@ import json
 import time
 from typing import Any
 
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, put_atomic
 
 # what a copy takes from the scored row (identity, timing and the row's own facts stay its own)
 COPIED = ("visual_quality", "text_alignment", "physical_consistency",
@@ -72,9 +72,7 @@ class Store:
         return out
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        from pipeline.run.resume import _put_atomic
-
-        _put_atomic(self.fs, self.path(key), json.dumps(record).encode())
+        put_atomic(self.fs, self.path(key), json.dumps(record).encode())
 
 
 class InflightRegistry:
