@@ -272,6 +272,21 @@ class OutputConfig(_Model):
                                "Run id partition value; None = derived from every setting that can change a row (`ScoreConfig.scoring_fingerprint`: engine, model, prompt, sampling, frame rule, limits).")
     quarantine_path: str | None = Field(None, description="Where error rows are also written (same schema); None = '<path>-quarantine'.")
     min_rows_per_file: int = Field(64, ge=1, description="Rows buffered per write task (one commit unit, one file per partition).")
+    target_file_mb: float = Field(128.0, gt=0, description="Compaction target: small committed files of a partition are "
+                                  "rewritten, atomically, into files of about this size (pipeline/run/compact.py).")
+    compact: bool = Field(True, description="Compact small files while the run goes on (with each state fold) and at its end.")
+    state_fold_every_s: float = Field(60.0, gt=0, description="How often the driver folds new commit markers and shard manifests into "
+                                      "the run's compact checkpoint while a run goes on (also done at start and end).")
+
+
+class CacheConfig(_Model):
+    """Never score the same clip twice (pipeline/stages/score_cache.py). Scores are keyed by the clip's
+    `content_hash` (video bytes + span), its prompt and the score fingerprint (every engine, prompt, sampling
+    and decode setting that changes the model input)."""
+
+    url: str | None = Field(None, description="Cross-run score cache (any fsspec URL); None = only the run's own store under the output.")
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+    dedup: bool = Field(True, description="Copy the scores of a clip already scored (or in flight) in this run instead of scoring it again.")
 
 
 class RayConfig(_Model):
@@ -296,6 +311,7 @@ class ScoreConfig(_Model):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     output: OutputConfig
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     def scoring_fingerprint(self) -> str:
@@ -303,6 +319,13 @@ class ScoreConfig(_Model):
         those listed in `NOT_ROW_AFFECTING` (throughput, placement, location and retry knobs). A new field
         is row-affecting until it is listed there (tests/test_config.py enumerates every field)."""
         keep = {k: v for k, v in _flatten(self.model_dump(mode="json")).items() if not _not_row_affecting(k)}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+    def score_fingerprint(self) -> str:
+        """The row-affecting settings that change what the model sees or how it samples (engine, prompt,
+        sampling, decode): the score cache's key next to the clip's content hash and prompt."""
+        keep = {k: v for k, v in _flatten(self.model_dump(mode="json")).items()
+                if not _not_row_affecting(k) and k.split(".", 1)[0] in ("engine", "prompt", "sampling", "decode")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
     def resolved_run_id(self) -> str:
@@ -325,8 +348,8 @@ NOT_ROW_AFFECTING = frozenset({
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
     "engine.max_restarts", "engine.max_task_retries", "engine.resources",
     "output.path", "output.storage", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
-    "output.partition_cols",
-    "ray",
+    "output.partition_cols", "output.state_fold_every_s", "output.target_file_mb", "output.compact",
+    "ray", "cache",
 })
 
 

@@ -68,6 +68,10 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("end_s", pa.float64()),
     pa.field("decode_s", pa.float64()),
     pa.field("score_s", pa.float64()),
+    # identity of the scored clip and where its scores came from (pipeline/stages/score_cache.py)
+    pa.field("content_hash", pa.string()),   # blake2b(video bytes, span); null when no video was read
+    pa.field("duplicate_of", pa.string()),   # row_id of the row of this run whose scoring this row copies
+    pa.field("from_cache", pa.bool_()),      # scores copied from the cross-run cache (cache.url)
 ])
 COLUMNS = tuple(OUTPUT_SCHEMA.names)
 ERROR_STAGES = ("read", "decode", "prompt", "engine", "parse", "write")
@@ -85,6 +89,15 @@ PREFILTER_COLUMNS = PROBE_COLUMNS + SIGNAL_COLUMNS
 def make_row_id(shard: str, key: str) -> str:
     """Deterministic id of a sample: blake2b(shard URL, key), 16 hex chars."""
     return hashlib.blake2b(f"{shard}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def make_content_hash(video: bytes, start_s: float | None = None, end_s: float | None = None) -> str:
+    """blake2b of the video bytes plus the span: the identity of exactly these bytes (not of "the same
+    video": a re-encode is another hash), 32 hex chars."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(video)
+    h.update(f"\x00span:{start_s!r}:{end_s!r}".encode())
+    return h.hexdigest()
 
 
 def make_seed(base_seed: int, row_id: str) -> int:

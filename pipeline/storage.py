@@ -21,6 +21,18 @@ def filesystem(url: str, storage: StorageOptions) -> tuple[fsspec.AbstractFileSy
     return fs, path
 
 
+def put_atomic(fs: fsspec.AbstractFileSystem, path: str, payload: bytes) -> None:
+    """One PUT (object stores) / write + rename (local): a reader sees the old object or the new, never half."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if fs.protocol in ("file", ("file", "local"), "local"):
+        tmp = f"{path}.tmp"
+        with fs.open(tmp, "wb") as f:
+            f.write(payload)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, payload)
+
+
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local"), "local") else path
 

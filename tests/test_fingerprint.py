@@ -34,8 +34,8 @@ NOT_ROW_AFFECTING = {
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
     "engine.max_restarts", "engine.max_task_retries", "engine.resources",
     "output.path", "output.storage.*", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
-    "output.partition_cols",
-    "ray.*",
+    "output.partition_cols", "output.state_fold_every_s", "output.target_file_mb", "output.compact",
+    "ray.*", "cache.url", "cache.storage.*", "cache.dedup",
 }
 BASE = {"input": {"shards": "s3://b/shard-*.tar"}, "output": {"path": "s3://b/out"}}
 # input.shards and input.manifest exclude each other: the manifest fields are changed on a manifest config

@@ -6,6 +6,8 @@ tests: with `engine_kwargs: {crash_on: "TEXT"}` the process hard-exits when a re
 TEXT, as an engine that segfaults or is OOM-killed would; with `engine_kwargs: {dead_once: PATH}` the
 first engine to generate (across processes: PATH records it) raises `EngineDeadError`, as vLLM's engine
 core does when its process is gone, and every engine start is appended to PATH + ".starts".
+`fail_while: [PATH, TEXT]` fails (a per-request error, the engine stays up) every request whose prompt
+contains TEXT while PATH exists (a transient failure, for `--retry-errors`).
 `record_to: DIR` writes an empty file named after each request id into DIR (which samples reached the
 engine), `sleep_s: S` spends S seconds per request (a measurable engine time).
 """
@@ -42,6 +44,7 @@ class FixedOutputEngine:
                 f.write(f"{os.getpid()}\n")
         self.record_to = engine_cfg.engine_kwargs.get("record_to")
         self.sleep_s = float(engine_cfg.engine_kwargs.get("sleep_s", 0.0))
+        self.fail_while = engine_cfg.engine_kwargs.get("fail_while")
 
     def render_prompt(self, user_text: str) -> str:
         return user_text
@@ -55,6 +58,9 @@ class FixedOutputEngine:
         for r in requests:
             if self.crash_on and self.crash_on in r.prompt:
                 os._exit(17)  # a hard engine death: no exception, no cleanup
+            if self.fail_while and self.fail_while[1] in r.prompt and os.path.exists(self.fail_while[0]):
+                outs.append(EngineOutput(request_id=r.request_id, error="RuntimeError: injected transient failure"))
+                continue
             if self.record_to:
                 os.makedirs(self.record_to, exist_ok=True)
                 open(os.path.join(self.record_to, r.request_id.replace("/", "_")), "w").close()

@@ -158,9 +158,25 @@ def _progress(stats_handle: Any, every_s: float, stop: threading.Event, total_sh
                  p["rows_scored"], total, p["videos_per_s"], p["output_tokens_per_s"], p["errors"], skip, eta)
 
 
-def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
+def _fold_state(cfg: ScoreConfig, every_s: float, stop: threading.Event) -> None:
+    """Fold new commit markers and finished shards' manifests into the compact checkpoint while the run goes
+    on, so neither the end-of-run summary nor a rerun after a crash has to load one marker per write task."""
+    while not stop.wait(every_s):
+        try:
+            st = resume.load_state(cfg)
+            resume.consolidate(cfg, st)
+            if cfg.output.compact:  # small committed files -> files near output.target_file_mb, atomically
+                from pipeline.run.compact import compact
+
+                compact(cfg, st)
+        except Exception as e:  # noqa: BLE001 - the next fold (or the end of the run) tries again
+            log.warning("state fold failed (retried later): %s", e)
+
+
+def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = False) -> dict[str, Any]:
     """Run the scoring job to completion (resuming a previous run of the same config and output) and
-    return (and write) its summary."""
+    return (and write) its summary. `retry_errors`: first uncommit the run's error rows of a retryable stage
+    (read, decode, engine) so they are scored again (`pipeline.run.retry`)."""
     cfg = absolute_paths(cfg)  # nothing below (nor in workers, whose cwd differs) depends on the cwd
     run_id = cfg.resolved_run_id()
     if cfg.input.manifest:  # blocks of manifest rows play the part of shards from here on
@@ -175,12 +191,19 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
     if out_fs.isfile(out_root):
         raise UsageError(f"output.path {cfg.output.path} is a file; expected a folder (new, or holding earlier runs)")
     resume.guard_fingerprint(cfg)
+    retried = None
+    if retry_errors:
+        from pipeline.run.retry import prepare_retry
+
+        retried = prepare_retry(cfg)["rows"]
     state = resume.load_state(cfg)
     resume.remove_uncommitted(cfg, state)
+    resume.consolidate(cfg, state)  # markers of earlier invocations -> the compact checkpoint
+    resume.prune_retired(cfg, state)
     todo = [s for s in all_shards if not state.shard_done(s)]
     skip = {s: state.committed_by_shard[s] for s in todo if s in state.committed_by_shard}
     log.info("run %s: %d shards (%d already complete, %d committed rows) -> %s (engine %s, model %s, template %s)",
-             run_id, len(all_shards), len(all_shards) - len(todo), len(state.committed), cfg.output.path,
+             run_id, len(all_shards), len(all_shards) - len(todo), state.committed_rows, cfg.output.path,
              cfg.engine.kind, cfg.engine.model, cfg.prompt.template)
     t0 = time.time()
     counters: dict[str, Any] = {}
@@ -198,9 +221,16 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         _remove_inflight(cfg)  # an earlier invocation's markers say nothing about this one
         stats_name = f"vscore-stats-{invocation}"
         handle = stats.create(stats_name, run_id)
+        registry = None
+        if cfg.cache.dedup:
+            from pipeline.stages.score_cache import start_registry
+
+            registry = start_registry(invocation)
         stop = threading.Event()
         ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop, len(todo)), daemon=True)
         ticker.start()
+        folder = threading.Thread(target=_fold_state, args=(cfg, cfg.output.state_fold_every_s, stop), daemon=True)
+        folder.start()
         ds = build_dataset(cfg, todo, stats_name, skip=skip, all_shards=all_shards, plan=plan, invocation=invocation)
         sink = CommittedParquetSink(cfg.output, run_id, min_rows_per_write=cfg.output.min_rows_per_file)
         lost: list[str] = []
@@ -211,7 +241,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
         except (_CapacityLost, KeyboardInterrupt):
             if not lost:
                 raise
-            done = len(resume.load_state(cfg).committed)
+            done = resume.load_state(cfg).committed_rows
             raise CapacityError(f"run {run_id} stopped: {lost[0]}; {done} rows committed under {cfg.output.path}; "
                                 "rerun the same command to resume once the cluster has the capacity") from None
         except NODE_LOSS_ERRORS as exc:
@@ -221,7 +251,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
                 raise
             stop.set()
             why = _lost_capacity(cfg, plan)
-            done = len(resume.load_state(cfg).committed)
+            done = resume.load_state(cfg).committed_rows
             where = f" and {why}" if why else " (the surviving nodes can host every actor kind)"
             raise CapacityError(f"run {run_id} stopped: a node was lost ({type(exc).__name__}){where}; {done} rows committed "
                                 f"under {cfg.output.path}; rerun the same command to resume"
@@ -230,20 +260,33 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0) -> dict[str, Any]:
             denied = refused_write(exc)
             if denied is None:
                 raise
-            done = len(resume.load_state(cfg).committed)
+            done = resume.load_state(cfg).committed_rows
             raise StorageAccessError(f"run {run_id} stopped: {denied}; {done} rows committed; make the output writable (or "
                                      "choose another output.path) and rerun the same command to resume") from None
         finally:
             stop.set()
+            folder.join()
         try:
             counters = ray.get(handle.snapshot.remote(), timeout=30)
             ray.kill(handle)
         except Exception as exc:  # noqa: BLE001 - counters are observability; the committed rows are the result
             log.warning("run counters unavailable at the end (%s); the summary counts committed rows only", exc)
+        if registry is not None:
+            try:
+                ray.kill(registry)
+            except Exception:  # noqa: BLE001 - gone with a lost node: nothing to stop
+                pass
         _remove_inflight(cfg)  # markers of work that was being generated when an actor died
     wall = time.time() - t0
     final = resume.load_state(cfg)
-    summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=len(state.committed))
+    resume.consolidate(cfg, final)
+    if cfg.output.compact:
+        from pipeline.run.compact import compact
+
+        compact(cfg, final)
+    summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=state.committed_rows)
+    if retried is not None:
+        summary["retried"] = retried
     out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
     out_fs.makedirs(f"{out_root}/{SUMMARY_DIR}", exist_ok=True)
     out_fs.pipe_file(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", json.dumps(summary, indent=2).encode())
@@ -397,14 +440,14 @@ def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, c
     totals = state.totals()
     errors = sum(totals["errors_by_stage"].values())
     skipped = totals["skipped"]
-    rows_in = sum(len(v) for s, v in state.shard_rows.items() if s in set(shards))
+    rows_in = sum(state.shard_size(s) for s in shards)
     new_rows = totals["rows"] - resumed_rows
     per_video = totals["engine_s"] / totals["engine_rows"] if totals["engine_rows"] else None
     saved = stats.gpu_seconds_saved(skipped, totals["engine_s"], totals["engine_rows"])
     return {
         "run_id": run_id, "output": cfg.output.path, "quarantine": quarantine_url(cfg.output), "shards": len(shards),
         "rows_in": rows_in, "rows_out": totals["rows"], "ok": totals["rows"] - errors - skipped, "errors": errors,
-        "skipped": skipped,
+        "skipped": skipped, "from_cache": totals.get("from_cache", 0), "duplicates": totals.get("duplicates", 0),
         "prefilter": {"expression": cfg.prefilter.expression(), "skipped": skipped, "skip_reasons": totals["skip_reasons"],
                       "engine_s_per_video": round(per_video, 4) if per_video is not None else None,
                       "gpu_s_saved": round(saved, 2) if saved is not None else None},

@@ -64,7 +64,7 @@ class DecodeStage:
     decoded) feed the engine's video metadata; `fps`/`src_frames` are the same facts as output columns (null).
     """
 
-    PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url")
+    PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url", "content_hash")
     SPAN_COLUMNS = ("start_s", "end_s")  # floats, passed through; a row with either decodes that span of its video
     INPUT_COLUMNS = PASS_THROUGH + SPAN_COLUMNS + ("video", "status", "error_stage", "error")
     OUTPUT_COLUMNS = PASS_THROUGH + SPAN_COLUMNS + ("status", "error_stage", "error", "frames", "frame_indices", "num_frames",

@@ -26,7 +26,7 @@ from typing import Any
 from braceexpand import braceexpand
 
 from pipeline.config import VIDEO_EXTENSIONS, InputConfig, StorageOptions
-from pipeline.schema import make_row_id, one_line
+from pipeline.schema import make_content_hash, make_row_id, one_line
 from pipeline.spans import SpanError, is_listish
 from pipeline.stages.manifest import iter_manifest_block
 from pipeline.stages.samples import base_row as _base_row, expand_spans, first_prompt, get_field, span_values
@@ -237,6 +237,9 @@ def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str |
             if row["row_id"] in skip_set:
                 skipped += 1
                 continue
+            video = row.get("video")
+            row["content_hash"] = (make_content_hash(video, row.get("start_s"), row.get("end_s"))
+                                   if video and row.get("status", "ok") == "ok" else None)
             buf.append(row)
             if len(buf) >= cfg.samples_per_block:
                 yield _columns(buf)
@@ -249,7 +252,7 @@ def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str |
 
 
 READ_COLUMNS = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "video", "status", "error_stage", "error",
-                "source_url", "start_s", "end_s")
+                "source_url", "start_s", "end_s", "content_hash")
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

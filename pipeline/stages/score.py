@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # exceptions that mean the engine itself is dead (not one bad request)
 FATAL_ENGINE_ERRORS = {"EngineDeadError", "EngineGenerateError_Dead"}
 
-PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url", "start_s", "end_s",
+PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url", "start_s", "end_s", "content_hash",
                 "status", "error_stage", "error", "num_frames", "width", "height", "decode_s") + PREFILTER_COLUMNS  # duration_s is the first of these
 
 
@@ -48,6 +48,9 @@ class ScoreStage:
         self.engine = engine if engine is not None else make_engine(cfg.engine, cfg.sampling)
         self.report = Reporter(stats_name)
         self.inflight = InflightLog(inflight_url(cfg, invocation), cfg.output.storage)
+        from pipeline.stages.score_cache import ScoreCache
+
+        self.cache = ScoreCache(cfg, invocation if invocation != "local" else None)
 
     # -- building blocks -------------------------------------------------------------------------
     def _base(self, batch: dict[str, Any], i: int) -> dict[str, Any]:
@@ -63,8 +66,10 @@ class ScoreStage:
         for c in ("start_s", "end_s", "source_url"):  # numpy batches carry a null float as NaN, a null string as NaN too
             if isinstance(row.get(c), float) and row[c] != row[c]:
                 row[c] = None
+        if not isinstance(row.get("content_hash"), str):
+            row["content_hash"] = None
         row.update(run_id=self.run_id, model=self.cfg.engine.model, template=self.cfg.prompt.template,
-                   seed=make_seed(self.cfg.sampling.seed, row["row_id"]))
+                   seed=make_seed(self.cfg.sampling.seed, row["row_id"]), from_cache=False, duplicate_of=None)
         return row
 
     def _request(self, row: dict[str, Any], batch: dict[str, Any], i: int) -> EngineRequest:
@@ -100,12 +105,53 @@ class ScoreStage:
 
     # -- the UDF ---------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
+        from pipeline.stages.score_cache import copy_into
+
         n = len(batch["row_id"])
         rows = [self._base(batch, i) for i in range(n)]
-        pending: list[tuple[dict[str, Any], EngineRequest]] = []
+        # one representative per (clip, prompt) key in this batch; the others copy it (duplicate_of)
+        groups: dict[str, list[int]] = {}
+        solo: list[int] = []
         for i, row in enumerate(rows):
             if row["status"] != "ok":
                 continue
+            key = self.cache.key(row)
+            (groups.setdefault(key, []).append(i) if key else solo.append(i))
+        keys = list(groups)
+        hits = self.cache.lookup(keys) if keys else {}
+        for k in keys:
+            if k in hits:
+                for i in groups[k]:
+                    copy_into(rows[i], *hits[k])
+        misses = [k for k in keys if k not in hits]
+        owners = self.cache.claim(misses, [rows[groups[k][0]]["row_id"] for k in misses])
+        mine = [k for k, o in zip(misses, owners) if o == rows[groups[k][0]]["row_id"]]
+        elsewhere = {k: o for k, o in zip(misses, owners) if o != rows[groups[k][0]]["row_id"]}
+        try:
+            self._score(rows, batch, [groups[k][0] for k in mine] + solo)
+            self._finish(rows, groups, mine)
+        finally:
+            self.cache.release(mine, [rows[groups[k][0]]["row_id"] for k in mine])
+        if elsewhere:  # scored by another batch right now: wait for its result, else score it here
+            got = self.cache.wait_for(list(elsewhere), list(elsewhere.values()))
+            for k in elsewhere:
+                if k in got:
+                    for i in groups[k]:
+                        copy_into(rows[i], *got[k])
+            left = [k for k in elsewhere if k not in got]
+            owners = self.cache.claim(left, [rows[groups[k][0]]["row_id"] for k in left])
+            try:
+                self._score(rows, batch, [groups[k][0] for k in left])
+                self._finish(rows, groups, left)
+            finally:
+                self.cache.release(left, [rows[groups[k][0]]["row_id"] for k in left])
+        self.report(_counts(rows))
+        return rows_to_table(rows)
+
+    def _score(self, rows: list[dict[str, Any]], batch: dict[str, Any], idx: list[int]) -> None:
+        pending: list[tuple[dict[str, Any], EngineRequest]] = []
+        for i in sorted(idx):
+            row = rows[i]
             try:
                 pending.append((row, self._request(row, batch, i)))
             except Exception as e:  # noqa: BLE001
@@ -119,8 +165,22 @@ class ScoreStage:
             for i, (row, _) in enumerate(pending):
                 row["score_s"] = per
                 self._fill_samples(row, outputs[i * k:(i + 1) * k])
-        self.report(_counts(rows))
-        return rows_to_table(rows)
+
+    def _finish(self, rows: list[dict[str, Any]], groups: dict[str, list[int]], keys: list[str]) -> None:
+        """Store the scored representatives (ok rows only) and copy them into their in-batch duplicates."""
+        from pipeline.stages.score_cache import copy_into
+
+        for k in keys:
+            rep = rows[groups[k][0]]
+            if rep["status"] == "ok":
+                self.cache.store(k, rep)
+                record = {"row_id": rep["row_id"], "fields": {c: rep.get(c) for c in _copied()}}
+                for i in groups[k][1:]:
+                    copy_into(rows[i], record, False)
+            else:  # the representative failed: its duplicates carry the same failure (retryable as one)
+                for i in groups[k][1:]:
+                    rows[i].update(status=rep["status"], error_stage=rep["error_stage"], error=rep["error"],
+                                   duplicate_of=rep["row_id"])
 
     def _fill_samples(self, row: dict[str, Any], outs: list[EngineOutput]) -> None:
         """Sample 0 decides the row; all samples give the per-dimension mean and spread (soft score where
@@ -201,6 +261,12 @@ class ScoreStage:
 SOLO_DEATHS_TO_QUARANTINE = 2
 
 DIMS = ("visual_quality", "text_alignment", "physical_consistency")
+
+
+def _copied() -> tuple[str, ...]:
+    from pipeline.stages.score_cache import COPIED
+
+    return COPIED
 
 
 def _resample(req: EngineRequest, j: int, base_seed: int) -> EngineRequest:

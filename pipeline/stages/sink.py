@@ -6,7 +6,7 @@ told apart from finished ones, and a rerun duplicates rows. This sink writes, fo
 1. the data files, ``OUT/run_id=R/shard_group=G/part-<digest>.parquet`` (partition columns live in the
    path; `digest` is a hash of the task's sorted row ids, so a retried task overwrites its own files);
 2. the same rows' errors (status "error"; skipped rows are not errors) to the quarantine table (``OUT-quarantine/...``, same schema);
-3. then the commit marker ``OUT/_vscore/commits/R/<digest>.json`` listing the files and row ids.
+3. then the commit marker ``OUT/_vscore/commits/R/<digest>.json`` listing the files and row ids (per shard).
 
 A row is committed iff a marker names it. `pipeline.run.resume` reads the markers to skip committed rows
 and delete uncommitted files on the next run with the same output and run id: exactly once.
@@ -83,6 +83,25 @@ def _write_partitioned(fs: Any, root: str, table: pa.Table, cols: list[str], dig
     return files
 
 
+def table_stats(table: pa.Table) -> dict[str, Any]:
+    """The counts a commit marker carries for its rows (summed by `pipeline.run.resume` into the totals)."""
+    errors = table.filter(pc.equal(table["status"], "error"))
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    modes = Counter(m or "none" for m in ok.column("parse_mode").to_pylist())
+    stages = Counter(s or "unknown" for s in errors.column("error_stage").to_pylist())
+    skipped = table.filter(pc.equal(table["status"], "skipped"))
+    reasons = Counter(c for e in skipped.column("error").to_pylist() for c in skip_conditions(e))
+    score_s = table.column("score_s")
+    fc = table.column("from_cache") if "from_cache" in table.column_names else pa.nulls(table.num_rows, pa.bool_())
+    dup_nulls = table.column("duplicate_of").null_count if "duplicate_of" in table.column_names else table.num_rows
+    return {"rows": table.num_rows, "errors_by_stage": dict(stages), "parse_modes": dict(modes),
+            "output_tokens": int(pc.sum(table["output_tokens"]).as_py() or 0),
+            "skipped": skipped.num_rows, "skip_reasons": dict(reasons),
+            "from_cache": int(pc.sum(pc.cast(pc.fill_null(fc, False), pa.int64())).as_py() or 0),
+            "duplicates": table.num_rows - dup_nulls,
+            "engine_rows": score_s.length() - score_s.null_count, "engine_s": float(pc.sum(score_s).as_py() or 0.0)}
+
+
 class CommittedParquetSink(Datasink):
     def __init__(self, out: OutputConfig, run_id: str, min_rows_per_write: int | None = None) -> None:
         self.out = out
@@ -116,17 +135,10 @@ class CommittedParquetSink(Datasink):
         by_shard: dict[str, list[str]] = {}
         for rid, sh in zip(table.column("row_id").to_pylist(), table.column("shard").to_pylist()):
             by_shard.setdefault(sh, []).append(rid)
-        ok = table.filter(pc.equal(table["status"], "ok"))
-        modes = Counter(m or "none" for m in ok.column("parse_mode").to_pylist())
-        stages = Counter(s or "unknown" for s, st in zip(errors.column("error_stage").to_pylist(), errors.column("status").to_pylist()))
-        skipped = table.filter(pc.equal(table["status"], "skipped"))
-        reasons = Counter(c for e in skipped.column("error").to_pylist() for c in skip_conditions(e))
-        score_s = table.column("score_s")
-        marker = {"run_id": self.run_id, "digest": digest, "rows": table.num_rows, "files": files, "quarantine_files": qfiles,
-                  "row_ids": row_ids, "rows_by_shard": by_shard, "errors_by_stage": dict(stages), "parse_modes": dict(modes),
-                  "output_tokens": int(pc.sum(table["output_tokens"]).as_py() or 0),
-                  "skipped": skipped.num_rows, "skip_reasons": dict(reasons),
-                  "engine_rows": score_s.length() - score_s.null_count, "engine_s": float(pc.sum(score_s).as_py() or 0.0)}
+        stats = table_stats(table)
+        stages = stats["errors_by_stage"]
+        marker = {"run_id": self.run_id, "digest": digest, "files": files, "quarantine_files": qfiles,
+                  "rows_by_shard": by_shard, **stats}
         cdir = commit_dir(root, self.run_id)
         fs.makedirs(cdir, exist_ok=True)
         # The marker is written last; one PUT (S3) / one file (local, via rename) makes it atomic.

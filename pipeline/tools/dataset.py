@@ -142,6 +142,48 @@ def open_scores(url: str, storage: StorageOptions | None = None, need: tuple[str
     return sd
 
 
+def _committed_digests(fs, root: str, run_id: str) -> set[str] | None:
+    """The write-task digests of `run_id` that are committed now (checkpoint + markers not folded yet, less
+    the digests compaction or a retry retired), or None where the output holds no state for the run."""
+    import json
+
+    from pipeline.run.resume import state_path
+    from pipeline.stages.sink import commit_dir
+
+    ck = None
+    try:
+        ck = json.loads(fs.cat(state_path(root, run_id)))
+    except (FileNotFoundError, ValueError):
+        pass
+    cdir = commit_dir(root, run_id)
+    markers = [p.rsplit("/", 1)[-1][:-5] for p in fs.ls(cdir, detail=False) if p.endswith(".json")] if fs.exists(cdir) else []
+    if ck is None and not markers:
+        return None
+    ck = ck or {}
+    return (set(ck.get("digests", ())) | set(markers)) - set(ck.get("retired", ()))
+
+
+def _committed_only(fs, root: str, data: list[str]) -> list[str]:
+    """Leave out the files of a vscore run that its state does not commit: an interrupted write's leftovers,
+    a compaction's or retry's new files before its swap and its old files after it, so a reader through
+    this opener never sees a row twice (files of runs without state are kept as they are)."""
+    by_run: dict[str, list[str]] = {}
+    for f in data:
+        seg = next((s for s in _rel(f, root).split("/")[:-1] if s.startswith("run_id=")), None)
+        by_run.setdefault(unquote(seg[len("run_id="):]) if seg else "", []).append(f)
+    keep: list[str] = []
+    for run_id, files in by_run.items():
+        allowed = _committed_digests(fs, root, run_id) if run_id else None
+        if allowed is None:
+            keep += files
+            continue
+        for f in files:
+            name = f.rsplit("/", 1)[-1]
+            if not (name.startswith("part-") and name.endswith(".parquet")) or name[5:-8] in allowed:
+                keep.append(f)
+    return keep or data
+
+
 def _open_folder(url: str, fs, path: str, pa_fs, nested: dict[str, str]) -> ScoresDataset:
     root = path.rstrip("/")
     data: list[str] = []
@@ -171,6 +213,7 @@ def _open_folder(url: str, fs, path: str, pa_fs, nested: dict[str, str]) -> Scor
         raise ScoresDatasetError(f"no scores dataset at {url}: the folder is empty")
     if nested:
         log.warning("%s: ignoring Parquet files under %s (not hive partition folders)", url, _names(sorted(nested)))
+    data = _committed_only(fs, root, data)
     layouts = {tuple(s.split("=", 1)[0] for s in _rel(f, root).split("/")[:-1]) for f in data}
     if len(layouts) > 1:
         raise ScoresDatasetError(f"{url} mixes partition layouts ({_names('/'.join(x) or '(none)' for x in sorted(layouts))}); "

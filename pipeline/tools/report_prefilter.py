@@ -1,5 +1,5 @@
-"""The report's prefilter section (`vscore report`): rows the prefilter skipped, by failed condition, the GPU
-time that saved (skipped rows x the engine seconds per scored video measured in the same data) and the
+"""The report's prefilter section (`vscore report`): rows the prefilter skipped, by failed condition, rows
+whose scores were reused (cache hits, in-run duplicates), the GPU time the skips saved (skipped rows x the engine seconds per scored video measured in the same data) and the
 signals' distribution over the decoded rows (docs/signals.md)."""
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def prefilter_facts(df) -> dict[str, Any]:
         if v.size:
             p5, p50, p95 = np.percentile(v, [5, 50, 95])
             signals.append({"signal": c, "rows": int(v.size), "p5": float(p5), "median": float(p50), "p95": float(p95)})
-    return {"skipped": int(len(skipped)), "skip_reasons": sorted(reasons.values(), key=lambda g: (-g["rows"], g["condition"])),
+    from_cache = int(df["from_cache"].fillna(False).astype(bool).sum()) if "from_cache" in df else 0
+    duplicates = int(df["duplicate_of"].notna().sum()) if "duplicate_of" in df else 0
+    return {"from_cache": from_cache, "duplicates": duplicates,
+            "skipped": int(len(skipped)), "skip_reasons": sorted(reasons.values(), key=lambda g: (-g["rows"], g["condition"])),
             "engine_s_per_video": float(score_s.mean()) if score_s.size else None, "gpu_s_saved": saved, "signals": signals}
 
 
@@ -53,6 +56,10 @@ def prefilter_html(f: dict[str, Any], table) -> str:
         parts.append(table(f["skip_reasons"], [("condition", "failed condition"), ("rows", "rows"), ("example_key", "example key")], 2))
     else:
         parts.append("<p class='note'>No row was skipped by a prefilter.</p>")
+    if f.get("from_cache") or f.get("duplicates"):
+        parts.append(f"<p class='note'>Scores reused instead of scored again: {f.get('from_cache', 0)} rows from the cross-run "
+                     f"score cache (<code>from_cache</code>), {f.get('duplicates', 0)} rows copying a clip already scored in the "
+                     "same run (<code>duplicate_of</code>); no engine call for either.</p>")
     if f["signals"]:
         parts.append("<p class='note'>Signals over the decoded rows (definitions, scales: docs/signals.md).</p>")
         parts.append(table(f["signals"], [("signal", "signal"), ("rows", "rows"), ("p5", "p5"), ("median", "median"), ("p95", "p95")], 2))

@@ -1,0 +1,174 @@
+"""Mode `scale` (`--scale`): the control plane against rows.
+
+Two parts, per size:
+
+- `state`: N synthetic rows committed by the real sink and state code (`pipeline/dev/scale_state.py`: one
+  Parquet file + commit marker per 64-row write task, one shard manifest per 1000-row shard), on local disk
+  and on the embedded moto S3; then, each in a fresh process, the start-up of a rerun: first with every
+  marker unfolded (what the row-level state of earlier versions loaded at every start, and what the first
+  fold of a crashed run costs), then from the compact checkpoint (every later start and the summary).
+- `pipeline`: the real read -> decode -> score (FixedOutputEngine) -> sink path over tiny synthetic clips,
+  with driver RSS peak, Ray processes' memory, files written, control-plane CPU per row, then the resume
+  start-up over that output (fresh process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import ROOT, fmt
+
+NAME = "scale"
+SUMMARY = "--scale: control plane vs rows (state start-up/RSS at 1e4..1e6 committed rows, local + moto S3; the real pipeline at small sizes)"
+
+
+def add_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--scale", action="store_true", help=SUMMARY)
+    g.add_argument("--scale-state-sizes", default="10000,100000,1000000", help="committed rows for the state part")
+    g.add_argument("--scale-pipeline-sizes", default="1000,10000", help="rows for the real-pipeline part ('' to skip)")
+    g.add_argument("--scale-backends", default="local,s3", help="local, s3 (embedded moto)")
+    g.add_argument("--scale-rows-per-task", type=int, default=64, help="rows per synthetic write task (output.min_rows_per_file)")
+
+
+def selected(args: argparse.Namespace) -> bool:
+    return bool(args.scale)
+
+
+_CHILD = """
+import json, sys
+from pipeline.config import ScoreConfig
+from pipeline.dev.scale_state import measure_resume
+cfg = ScoreConfig.model_validate(json.loads(sys.argv[1]))
+print("RESULT " + json.dumps(measure_resume(cfg, consolidate=sys.argv[2] == "1")))
+"""
+
+
+def _child_resume(cfg_json: dict[str, Any], consolidate: bool = True) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg_json), "1" if consolidate else "0"],
+                       capture_output=True, text=True, env=env, timeout=3600)
+    line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"resume child failed: {p.stderr[-2000:]}")
+    return json.loads(line[7:])
+
+
+def _state_cfg(out: str, endpoint: str | None) -> dict[str, Any]:
+    return {"input": {"shards": "synthetic://shard-*.tar"},
+            "output": {"path": out, "storage": {"endpoint_url": endpoint}, "shards_per_group": 100}}
+
+
+def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task: int = 64) -> dict[str, Any]:
+    from pipeline.config import ScoreConfig
+    from pipeline.dev.scale_state import commit_rows
+
+    out: dict[str, Any] = {}
+    s3 = None
+    try:
+        for backend in backends:
+            endpoint = None
+            if backend == "s3":
+                from pipeline.dev.s3_server import EmbeddedS3
+
+                s3 = s3 or EmbeddedS3(buckets=["vscore-scale"]).start()
+                endpoint = s3.endpoint_url
+            for n in sizes:
+                path = (f"s3://vscore-scale/{n}-{os.getpid()}" if backend == "s3" else str(work / "scale-state" / f"{n}"))
+                if backend != "s3":
+                    shutil.rmtree(path, ignore_errors=True)
+                cj = _state_cfg(path, endpoint)
+                w = commit_rows(ScoreConfig.model_validate(cj), n, rows_per_task=rows_per_task)
+                unfolded = _child_resume(cj, consolidate=True)  # loads every marker, then folds them
+                compact = _child_resume(cj)  # from the checkpoint
+                r = {"write": w, "unfolded_start": unfolded, "compact_start": compact}
+                out[f"{backend}:{n}"] = r
+                print(f"[bench] scale state {backend} {n} rows: {w['write_tasks']} write tasks in {w['write_s']} s; start-up "
+                      f"unfolded {unfolded['startup_s']} s (+{unfolded['rss_peak_added_mb']} MB peak), compact "
+                      f"{compact['startup_s']} s (load {compact['load_s']}, leftover scan {compact['cleanup_s']}; "
+                      f"+{compact['rss_peak_added_mb']} MB peak)", flush=True)
+                if backend != "s3":
+                    shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if s3 is not None:
+            s3.stop()
+    return out
+
+
+def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from pipeline.config import ScoreConfig
+    from pipeline.run.job import run
+
+    from .clips import tiny_clips
+    from .procs import ProcSampler
+    from .runner import Runner, pack_samples, pipeline_config
+
+    clips = tiny_clips(work)
+    runner = Runner(work, [])
+    out: dict[str, Any] = {}
+    try:
+        for n in sizes:
+            shards = pack_samples(work, "tiny", clips, n, 1000)
+            if runner.ray_init_s is None:
+                runner.init_ray(shards)
+            dest = work / "out" / f"scale-{n}"
+            shutil.rmtree(dest, ignore_errors=True)
+            cfg = pipeline_config(shards, str(dest), ["output.min_rows_per_file=64"])
+            with ProcSampler(every=0.5, pss_every=8) as s:
+                t = time.perf_counter()
+                summary = run(cfg, progress_every_s=3600)
+                wall = time.perf_counter() - t
+            files = sum(1 for _ in dest.rglob("part-*.parquet"))
+            resume_start = _child_resume(json.loads(cfg.model_dump_json()))
+            driver_cpu = s.cpu.get("driver", 0.0) if isinstance(s.cpu, dict) else 0.0
+            r = {"rows": summary["rows_out"], "wall_s": round(wall, 1), "vps": round(n / wall, 2),
+                 "driver_rss_peak_mib": round(s.peak.get("driver_rss", 0) / 2**20),
+                 "ray_rss_sum_peak_mib": round(s.peak.get("others_rss_sum", 0) / 2**20),
+                 "ray_pss_sum_peak_mib": round(s.peak.get("pss_sum", 0) / 2**20),
+                 "files": files, "cpu": s.cpu, "driver_cpu_per_row_ms": round(1000 * driver_cpu / n, 3),
+                 "resume": resume_start}
+            out[str(n)] = r
+            print(f"[bench] scale pipeline {n}: {r['vps']} videos/s, driver RSS peak {r['driver_rss_peak_mib']} MiB, Ray RSS sum "
+                  f"{r['ray_rss_sum_peak_mib']} MiB, {files} files, driver CPU {r['driver_cpu_per_row_ms']} ms/row, resume start-up "
+                  f"{resume_start['startup_s']} s", flush=True)
+            shutil.rmtree(dest, ignore_errors=True)
+    finally:
+        runner.close()
+    del ScoreConfig
+    return out
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    state_sizes = [int(x) for x in args.scale_state_sizes.split(",") if x]
+    pipe_sizes = [int(x) for x in args.scale_pipeline_sizes.split(",") if x]
+    res: dict[str, Any] = {"scale": {"state": bench_state(state_sizes, args.scale_backends.split(","), work, args.scale_rows_per_task)}}
+    if pipe_sizes:
+        res["scale"]["pipeline"] = bench_pipeline(pipe_sizes, args, work)
+    return res
+
+
+def report(res: dict[str, Any]) -> list[str]:
+    sc = res.get("scale")
+    if not sc:
+        return []
+    lines = ["", "Control plane vs committed rows (synthetic rows through the real sink/state code; fresh process per start-up)", "",
+             "| backend:rows | write tasks | start-up, markers unfolded (s) | +RSS peak (MB) | start-up, compact (s) | of it leftover scan (s) | +RSS peak (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for k, r in sc["state"].items():
+        u, c = r["unfolded_start"], r["compact_start"]
+        lines.append(f"| {k} | {r['write']['write_tasks']} | {u['startup_s']} | {u['rss_peak_added_mb']} | {c['startup_s']} | "
+                     f"{c['cleanup_s']} | {c['rss_peak_added_mb']} |")
+    if sc.get("pipeline"):
+        lines += ["", "| rows (real pipeline) | videos/s | driver RSS peak (MiB) | Ray RSS sum peak (MiB) | files | driver CPU ms/row | resume start-up (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        for n, r in sc["pipeline"].items():
+            lines.append(f"| {n} | {fmt(r['vps'], 2)} | {r['driver_rss_peak_mib']} | {r['ray_rss_sum_peak_mib']} | {r['files']} | "
+                         f"{r['driver_cpu_per_row_ms']} | {r['resume']['startup_s']} |")
+    return lines
