@@ -362,11 +362,42 @@ def bench_feed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 engine.close()
     finally:
         meter.uninstall()
+    res["transit"] = transit(model, frames)
     return res
 
 
+def transit(model: Path, frames: dict[str, list[Any]], reps: int = 3) -> dict[str, Any]:
+    """Bytes per video between decode and scoring: the uint8 frames as the decode stage ships them (an Arrow
+    variable-shaped tensor column, what goes into the object store) vs the HF processor's outputs
+    (`pixel_values_videos` float32 + `video_grid_thw`), and the processor's own thread CPU time standalone."""
+    import numpy as np
+    from ray.data.extensions import ArrowVariableShapedTensorArray
+    from transformers import AutoProcessor
+
+    from pipeline.vs2.chat import VIDEO_PROCESSOR_KWARGS, nominal_video_metadata
+
+    proc = AutoProcessor.from_pretrained(str(model))
+    out: dict[str, Any] = {}
+    for clip, vids in frames.items():
+        f = vids[0].frames
+        arrow = ArrowVariableShapedTensorArray.from_numpy([f])
+        times = []
+        for _ in range(reps):
+            t0 = time.thread_time()
+            pv = proc.video_processor(videos=[f], video_metadata=[nominal_video_metadata(f)], return_tensors="pt",
+                                      **VIDEO_PROCESSOR_KWARGS)
+            times.append((time.thread_time() - t0) * 1000)
+        px = pv["pixel_values_videos"]
+        out[clip] = {"uint8_bytes": int(f.nbytes), "arrow_bytes": int(arrow.nbytes),
+                     "processed_bytes": int(px.numel() * px.element_size() + pv["video_grid_thw"].numel() * 8),
+                     "processed_dtype": str(px.dtype), "processed_shape": list(px.shape),
+                     "hf_processor_ms_standalone": round(float(np.median(times)), 1)}
+    return out
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    return {"feed": bench_feed(args, work)}
+    res = bench_feed(args, work)
+    return {"feed": res}
 
 
 def reference_ms(res: dict[str, Any]) -> tuple[float, str] | None:
@@ -399,6 +430,15 @@ def report(res: dict[str, Any]) -> list[str]:
             lines.append(f"| threads ({v}) | " + ", ".join(f"{k} {x:.1f}" for k, x in list(th.items())[:6]) + " |" + " |" * (len(variants) - 1))
         if clip in TARGETS_MS:
             lines.append(f"| target | " + " | ".join(f"<= {TARGETS_MS[clip]:g}" for _ in variants) + " |")
+        lines.append("")
+    if feed.get("transit"):
+        lines += ["### Frames in transit, per video (decode -> scoring) and at 14 videos/s per GPU", "",
+                  "| clip | uint8 frames (Arrow block) | processed float32 pixel_values_videos | ratio | at 14 videos/s: uint8 / processed | HF processor alone (thread CPU) |",
+                  "|---|---|---|---|---|---|"]
+        for clip, t in feed["transit"].items():
+            u, p = t["arrow_bytes"], t["processed_bytes"]
+            lines.append(f"| {clip} | {u / 1e6:.1f} MB | {p / 1e6:.1f} MB | {p / u:.2f}x | "
+                         f"{u * 14 * 8 / 1e9:.2f} / {p * 14 * 8 / 1e9:.2f} Gbit/s | {t['hf_processor_ms_standalone']:.0f} ms |")
         lines.append("")
     ref = reference_ms(feed)
     if ref is not None:
