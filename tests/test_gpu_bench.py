@@ -1,5 +1,5 @@
 """`jobs/bench.py --gpu` must run on the GPU image as it is (Python 3.12, torch + CUDA, transformers; no vLLM, Ray,
-PyAV, pydantic or YAML): its code path, run on CPU with the tiny model (`--gpu-dry-cpu`), frames from an .npz
+PyAV or pyarrow): its code path, run on CPU with the tiny model (`--gpu-dry-cpu`), frames from an .npz
 (`--gpu-frames`, made on CPU with `--gpu-save-frames`), with those packages made unimportable."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-ABSENT = ("av", "ray", "vllm", "pydantic", "yaml", "pyarrow", "decord", "qwen_vl_utils")
+ABSENT = ("av", "ray", "vllm", "pyarrow", "decord", "qwen_vl_utils")  # PyYAML and pydantic come with transformers
 
 RUN_WITHOUT = f"""
 import sys, runpy, importlib.abc

@@ -187,7 +187,7 @@ def thread_cpu() -> dict[str, float]:
 
 # ---- inputs --------------------------------------------------------------------------------------------
 
-def decoded_frames(work: Path, clip: str, count: int = 2) -> list[Any]:
+def decoded_frames(work: Path, clip: str, count: int = 1) -> list[Any]:
     """Frames exactly as the decode stage gives them (the default DecodeConfig), from `count` generated clips."""
     from pipeline.config import DecodeConfig
     from pipeline.video.decode import decode_video
