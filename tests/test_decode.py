@@ -260,7 +260,8 @@ def test_shared_real_clips_decode_with_expected_plan():
 def _row(i: int, video: bytes, status: str = "ok", error_stage=None, error=None) -> dict:
     return {"row_id": f"r{i}", "key": f"k{i}", "shard": "mem://shard-000000.tar", "shard_group": "00000",
             "prompt": f"prompt {i}", "meta_json": json.dumps({"i": i}), "video": video, "status": status,
-            "error_stage": error_stage, "error": error, "source_url": None, "start_s": None, "end_s": None}
+            "error_stage": error_stage, "error": error, "source_url": None, "start_s": None, "end_s": None,
+            "content_hash": None}
 
 
 def _numpy_batch(rows: list[dict]) -> dict[str, np.ndarray]:

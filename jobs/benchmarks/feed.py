@@ -228,6 +228,9 @@ def make_batch(videos: list[Any], n: int, start: int, prompt: str = "a corgi sur
         "src_height": np.array([dv.src_height for _, dv, _ in rows]), "src_frames": np.array([dv.total_frames for _, dv, _ in rows]),
         "motion": np.full(n, 1.0), "flicker": np.full(n, 0.1), "blank_fraction": np.zeros(n), "sharpness": np.full(n, 100.0),
         "phash": col(["0" * 16] * n),
+        # whole videos from shards, each its own clip (no span, no duplicate)
+        "source_url": col([None] * n), "start_s": np.full(n, np.nan), "end_s": np.full(n, np.nan),
+        "content_hash": col([f"feed-{r}" for r, _, _ in rows]),
     }
 
 

@@ -30,7 +30,7 @@ from ray.data.datasource.datasink import Datasink
 from pipeline.config import OutputConfig
 from pipeline.schema import OUTPUT_SCHEMA
 from pipeline.stages.prefilter import skip_conditions
-from pipeline.storage import filesystem, refused
+from pipeline.storage import filesystem, put_atomic, refused
 
 COMMITS_DIR = "_vscore/commits"
 
@@ -139,19 +139,10 @@ class CommittedParquetSink(Datasink):
         stages = stats["errors_by_stage"]
         marker = {"run_id": self.run_id, "digest": digest, "files": files, "quarantine_files": qfiles,
                   "rows_by_shard": by_shard, **stats}
-        cdir = commit_dir(root, self.run_id)
-        fs.makedirs(cdir, exist_ok=True)
         # The marker is written last; one PUT (S3) / one file (local, via rename) makes it atomic.
-        final = f"{cdir}/{digest}.json"
-        payload = json.dumps(marker).encode()
+        final = f"{commit_dir(root, self.run_id)}/{digest}.json"
         with refused(fs, final):
-            if fs.protocol in ("file", ("file", "local"), "local"):
-                tmp = f"{final}.tmp"
-                with fs.open(tmp, "wb") as f:
-                    f.write(payload)
-                fs.mv(tmp, final)
-            else:
-                fs.pipe_file(final, payload)
+            put_atomic(fs, final, json.dumps(marker).encode())
         return {"rows": table.num_rows, "errors_by_stage": dict(stages), "output_tokens": marker["output_tokens"]}
 
     def on_write_complete(self, write_result: Any) -> None:

@@ -429,6 +429,24 @@ def _decode_pass(data: bytes, stream_index: int, indices: list[int], cfg: Decode
         return keeper.out, decoded, keeper.info, keeper.size, last_error
 
 
+def demux_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                  deadline: _Deadline) -> list[av.Packet] | None:
+    """Every non-empty packet of `stream`, in file order, or None when one has no pts, is flagged discard or
+    corrupt, or the demuxer fails: the frame-exact passes (skip_nonref, span seek) then decline."""
+    packets = []
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size:
+                if pkt.pts is None or pkt.is_discard or pkt.is_corrupt:
+                    return None
+                packets.append(pkt)
+                if len(packets) % 256 == 0:
+                    deadline.check("reading packets")
+    except av.FFmpegError:
+        return None
+    return packets
+
+
 class _Corrupt(Exception):
     """A decoded frame carries FFmpeg's corrupt flag."""
 
@@ -460,16 +478,8 @@ def _decode_pass_skip_nonref(data: bytes, stream_index: int, indices: list[int],
     with _decoding(data, stream_index, cfg, deadline, container) as (container, stream):
         if not _skip_nonref_applies(cfg, stream.codec_context.name):
             return None
-        packets = []
-        try:
-            for pkt in container.demux(stream):
-                if pkt.size:
-                    if pkt.pts is None or pkt.is_discard or pkt.is_corrupt:
-                        return None
-                    packets.append(pkt)
-                    if len(packets) % 256 == 0:
-                        deadline.check("reading packets")
-        except av.FFmpegError:
+        packets = demux_packets(container, stream, deadline)
+        if packets is None:
             return None
         pts = sorted(p.pts for p in packets)
         last = max(indices)

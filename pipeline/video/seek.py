@@ -28,8 +28,8 @@ import numpy as np
 
 from pipeline.config import DecodeConfig
 from pipeline.schema import one_line
-from pipeline.video.decode import (DecodedVideo, DecodeError, _av_msg, _decode_pass, _Deadline, _decoding, _Keeper,
-                                   _open, _positions, _probe, _skip_nonref_applies)
+from pipeline.video.decode import (DecodedVideo, DecodeError, _av_msg, _Corrupt, _decode_pass, _Deadline, _decoding,
+                                   _Keeper, _open, _positions, _probe, _skip_nonref_applies, demux_packets)
 from pipeline.vs2.frames import span_frame_range, span_indices
 
 __all__ = ["decode_span"]
@@ -84,18 +84,8 @@ def _seek_pass(data: bytes, stream_index: int, total: int, indices: list[int], c
     """The kept frames decoded from the keyframe before the span (see module docstring), or None when the
     stream does not allow it safely (the caller then decodes sequentially from frame 0)."""
     with _decoding(data, stream_index, cfg, deadline, None) as (container, stream):
-        packets = []
-        try:
-            for pkt in container.demux(stream):
-                if pkt.size:
-                    if pkt.pts is None or pkt.is_discard or pkt.is_corrupt:
-                        return None
-                    packets.append(pkt)
-                    if len(packets) % 256 == 0:
-                        deadline.check("reading packets")
-        except av.FFmpegError:
-            return None
-        if len(packets) != total:
+        packets = demux_packets(container, stream, deadline)
+        if packets is None or len(packets) != total:
             return None
         pts = sorted(p.pts for p in packets)
         if len(set(pts)) != len(pts):
@@ -117,6 +107,8 @@ def _seek_pass(data: bytes, stream_index: int, total: int, indices: list[int], c
 
         def take(frames: list[av.VideoFrame]) -> None:
             for frame in frames:
+                if frame.is_corrupt:  # concealment depends on what was decoded before: not safe from a seek
+                    raise _Corrupt
                 positions = want.get(frame.pts)
                 if positions is None:
                     continue
@@ -135,7 +127,7 @@ def _seek_pass(data: bytes, stream_index: int, total: int, indices: list[int], c
                 deadline.check(f"decoding span frame {len(got)}")
             else:
                 take(cc.decode(None))
-        except av.FFmpegError:
+        except (av.FFmpegError, _Corrupt):
             return None
         finally:
             cc.skip_frame = "DEFAULT"
