@@ -32,7 +32,7 @@ import psutil
 import pyarrow.dataset as pads
 import pytest
 
-from tests.test_submit import JOB_ENV, REPO, SAMPLES, _free_ports, _stop_tree
+from tests.test_submit import JOB_ENV, REPO, SAMPLES, _free_ports, _stop_tree, _wait_dashboard
 
 FIXED = "pipeline.engines.fixed:FixedOutputEngine"
 COPIES = 12  # the 7 bundled clips x 12 = 84 samples
@@ -106,22 +106,6 @@ def test_output_paths_made_absolute(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- two nodes
-
-
-def _wait_dashboard(address: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.time() > deadline:
-            pytest.fail(f"dashboard not up after {timeout} s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(1)
 
 
 class Cluster:

@@ -77,6 +77,24 @@ def _stop_tree(proc: subprocess.Popen, grace_s: float = 4.0) -> None:
         pass
 
 
+def _wait_dashboard(address: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
+    """Until the `ray start` node's dashboard answers (or the process exits, or `timeout` passes: a test failure
+    with the end of its log)."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            pytest.fail(f"dashboard not up after {timeout} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(1)
+
+
 class Head(NamedTuple):
     address: str  # dashboard / job server URL
     temp: Path    # Ray's --temp-dir
@@ -106,19 +124,7 @@ def ray_head():
     atexit.register(stop)  # even if the fixture's teardown never runs (interrupted session)
     address = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"dashboard not up after 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+        _wait_dashboard(address, proc, log_path, timeout=120)
         yield Head(address, Path(temp), f"127.0.0.1:{gcs}")
     finally:
         stop()
