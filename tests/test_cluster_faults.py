@@ -247,8 +247,23 @@ def _submit(cluster: Cluster, overrides: list[str], log_path: Path) -> subproces
 
 
 def _commits(out: Path) -> int:
-    d = out / "_vscore" / "commits"
-    return sum(len(json.loads(p.read_text())["row_ids"]) for p in d.glob("*/*.json")) if d.exists() else 0
+    """Rows committed so far: the run's compact checkpoint plus the commit markers it has not folded yet."""
+    total, folded = 0, set()
+    for ck in (out / "_vscore" / "state").glob("*.json"):
+        try:
+            state = json.loads(ck.read_text())
+        except ValueError:
+            continue
+        total += state.get("totals", {}).get("rows", 0)
+        folded |= set(state.get("digests", []))
+    for marker in (out / "_vscore" / "commits").glob("*/*.json"):
+        try:
+            m = json.loads(marker.read_text())
+        except (ValueError, FileNotFoundError):  # folded and deleted while we looked
+            continue
+        if m["digest"] not in folded:
+            total += sum(len(ids) for ids in m["rows_by_shard"].values())
+    return total
 
 
 def _wait_rows(proc: subprocess.Popen, out: Path, n: int, log_path: Path, timeout: float = 400) -> None:
