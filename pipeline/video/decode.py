@@ -549,8 +549,16 @@ def decode_video(data: bytes, cfg: DecodeConfig, *, max_bytes: int | None = None
     Limits (see the module docstring): `max_bytes` (this argument and/or cfg.max_bytes, the smaller wins),
     cfg.max_decoded_pixels, cfg.max_duration_s, cfg.decode_timeout_s.
     """
-    try:
+    with as_decode_errors():
         return _decode_video(data, cfg, max_bytes)
+
+
+@contextlib.contextmanager
+def as_decode_errors() -> Iterator[None]:
+    """What bad media raises inside PyAV/numpy, as one `DecodeError` with a one-line message (the decode
+    stage turns it into an error row); anything else is a bug and propagates."""
+    try:
+        yield
     except DecodeError:
         raise
     except av.FFmpegError as e:

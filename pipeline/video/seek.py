@@ -28,8 +28,9 @@ import numpy as np
 
 from pipeline.config import DecodeConfig
 from pipeline.schema import one_line
-from pipeline.video.decode import (DecodedVideo, DecodeError, _av_msg, _Corrupt, _decode_pass, _Deadline, _decoding,
-                                   _Keeper, _open, _positions, _probe, _skip_nonref_applies, demux_packets)
+from pipeline.video.decode import (DecodedVideo, DecodeError, _Corrupt, _decode_pass, _Deadline, _decoding,
+                                   _Keeper, _open, _positions, _probe, _skip_nonref_applies, as_decode_errors,
+                                   demux_packets)
 from pipeline.vs2.frames import span_frame_range, span_indices
 
 __all__ = ["decode_span"]
@@ -38,16 +39,8 @@ __all__ = ["decode_span"]
 def decode_span(data: bytes, cfg: DecodeConfig, start_s: float | None, end_s: float | None) -> DecodedVideo:
     """Frames of the span [start_s, end_s] (seconds; None = the source's start / end) of the video in `data`.
     Bad spans (end <= start, start at or past the end of the video) raise DecodeError naming the frame range."""
-    try:
+    with as_decode_errors():
         return _decode_span(data, cfg, start_s, end_s)
-    except DecodeError:
-        raise
-    except av.FFmpegError as e:
-        raise DecodeError(_av_msg(e)) from None
-    except (ValueError, OverflowError, ZeroDivisionError, IndexError, UnicodeError) as e:
-        raise DecodeError(one_line(e, 300)) from None
-    except MemoryError:
-        raise DecodeError("out of memory while decoding") from None
 
 
 def _decode_span(data: bytes, cfg: DecodeConfig, start_s: float | None, end_s: float | None) -> DecodedVideo:
