@@ -298,6 +298,19 @@ def _record(name: str, text: str) -> None:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {name}: {text}\n")
 
 
+def _rerun_completes(cluster: Cluster, root: Path, out: Path, shards, n: int, committed: int, log_path: Path) -> float:
+    """Submit the same job again: it must succeed, resume exactly the `committed` rows and leave every row exactly
+    once and ok. Returns its wall seconds."""
+    t1 = time.time()
+    proc = _submit(cluster, _overrides(root, out), log_path)
+    assert proc.wait(timeout=600) == 0, log_path.read_text()[-4000:]
+    rerun = time.time() - t1
+    _assert_exactly_once(out, shards, n)
+    summary = json.loads(next((out / "_vscore").glob("summary-*.json")).read_text())
+    assert summary["rows_resumed"] == committed
+    return rerun
+
+
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_worker_node_lost_mid_run_stops_with_one_line_then_rerun_completes(cluster, many_shards, tmp_path):
@@ -323,14 +336,7 @@ def test_worker_node_lost_mid_run_stops_with_one_line_then_rerun_completes(clust
     assert committed < n
     # the node comes back (the preempted GPU node replaced); the same job again resumes and completes
     cluster.start_worker()
-    log2 = tmp_path / "submit2.log"
-    t1 = time.time()
-    proc2 = _submit(cluster, _overrides(root, out), log2)
-    assert proc2.wait(timeout=600) == 0, log2.read_text()[-4000:]
-    rerun = time.time() - t1
-    _assert_exactly_once(out, shards, n)
-    summary = json.loads(next((out / "_vscore").glob("summary-*.json")).read_text())
-    assert summary["rows_resumed"] == committed
+    rerun = _rerun_completes(cluster, root, out, shards, n, committed, tmp_path / "submit2.log")
     _record("node-lost", f"{n} samples; killed the worker node at {at_kill} committed rows ({killed_at - t0:.0f} s in); "
             f"the job failed with one line {stopped_after:.0f} s after the kill ({committed} rows committed); rerun with the "
             f"node back: {rerun:.0f} s, {n - committed} rows scored, {n} rows exactly once, all ok")
@@ -355,14 +361,7 @@ def test_driver_killed_then_same_job_resubmitted(cluster, many_shards, tmp_path)
     assert proc.wait(timeout=300) == 1, log1.read_text()[-3000:]  # the first attempt FAILED
     committed = _commits(out)
     # what KubeRay's backoffLimit does: the same job submitted again
-    log2 = tmp_path / "submit2.log"
-    t1 = time.time()
-    proc2 = _submit(cluster, _overrides(root, out), log2)
-    assert proc2.wait(timeout=600) == 0, log2.read_text()[-4000:]
-    rerun = time.time() - t1
-    _assert_exactly_once(out, shards, n)
-    summary = json.loads(next((out / "_vscore").glob("summary-*.json")).read_text())
-    assert summary["rows_resumed"] == committed
+    rerun = _rerun_completes(cluster, root, out, shards, n, committed, tmp_path / "submit2.log")
     assert not (out / "_vscore" / "inflight").exists() or not any((out / "_vscore" / "inflight").rglob("*.json"))
     _record("driver-killed", f"{n} samples; killed the job driver at {at_kill} committed rows ({killed_at - t0:.0f} s in); "
             f"{committed} committed when the job ended FAILED; resubmitted: {rerun:.0f} s, {n - committed} rows scored, "
