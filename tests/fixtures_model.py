@@ -38,6 +38,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen25vl") / "model", seed=0)
 
 
+@pytest.fixture(scope="session")
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The tiny model under the name the pipeline tests use (one build per session, shared by all modules)."""
+    return tiny_model_dir
+
+
 def judge_cache_key() -> str:
     """The judge's cache key: the sources that build it and the torch/transformers versions."""
     import hashlib

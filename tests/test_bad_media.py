@@ -346,13 +346,6 @@ def test_mutated_fixtures_never_crash():
 
 # --- the whole fixture set through the pipeline ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from pipeline.dev.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_run_over_the_fixture_set(ray_local, media_set, model_dir, tmp_path):  # noqa: F811

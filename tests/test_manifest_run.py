@@ -21,13 +21,6 @@ SPANS = [(0.0, 2.0), (1.0, 3.5), (None, None)]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from pipeline.dev.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """21 manifest rows: the 7 bundled clips x 3 spans (two spans and the whole clip), relative paths."""
     root = tmp_path_factory.mktemp("corpus")

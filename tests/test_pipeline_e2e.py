@@ -19,13 +19,6 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from pipeline.dev.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
 def packed(s3, tmp_path_factory):  # noqa: F811
     """The bundled samples plus one corrupt video (garbage bytes under a .mp4 name), 3 per shard."""
     src = tmp_path_factory.mktemp("src")

@@ -25,13 +25,6 @@ SAMPLES = REPO / "samples" / "videos"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from pipeline.dev.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory):
     """21 samples (the 7 bundled clips x 3 prompts) in 7 local shards of 3."""
     src = tmp_path_factory.mktemp("src")
