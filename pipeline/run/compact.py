@@ -1,7 +1,8 @@
 """Compaction (`output.target_file_mb`): the small committed files of a run are rewritten, per partition
-folder, into files near the target size, atomically (`pipeline.run.rewrite`: new files, one checkpoint swap,
-old files deleted; a kill at any point loses and duplicates nothing, the next start removes whichever side
-is not committed).
+folder, into files near the target size, atomically (`pipeline.run.rewrite`: new files staged where readers
+do not look, one checkpoint swap, old files deleted, staged files moved into place; a kill at any point loses
+and duplicates nothing, the next start rolls a committed swap forward and removes an uncommitted one, and a
+reader globbing the output never sees a row twice).
 
 Write tasks are the unit (a task's rows may span partitions: all of its files move together). Tasks whose
 files are all under half the target are packed, in partition order, into groups of about the target; each
@@ -46,6 +47,7 @@ def compact(cfg: ScoreConfig, st: resume.ResumeState | None = None, target_bytes
     if st is None:
         st = resume.load_state(cfg)
         resume.consolidate(cfg, st)
+    resume.finish_pending(cfg, st)  # a swap an earlier fold committed but did not roll forward (it failed)
     files = committed_files(cfg, st)
     out_root = cfg.output.path.rstrip("/").split("://", 1)[-1]
     sizes: dict[str, tuple[str, int]] = {}

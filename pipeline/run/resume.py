@@ -85,6 +85,8 @@ class ResumeState:
     shard_rows: dict[str, list[str]] = field(default_factory=dict)
     digests: set[str] = field(default_factory=set)
     retired: set[str] = field(default_factory=set)  # digests whose files were rewritten (compaction, retry)
+    # committed rewrites not yet rolled forward: new digest -> {"old": [url], "moves": [[staged url, final url]]}
+    pending: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     acc: dict[str, Any] = field(default_factory=_empty_totals)
     # objects folded into the state by this load: removed once a checkpoint holding them is written
     folded_paths: list[str] = field(default_factory=list)
@@ -182,6 +184,7 @@ def load_state(cfg: ScoreConfig) -> ResumeState:
         st.partial = {k: set(v) for k, v in ck.get("partial", {}).items()}
         st.digests = set(ck.get("digests", ()))
         st.retired = set(ck.get("retired", ()))
+        st.pending = dict(ck.get("pending", {}))
         st.acc.update(ck.get("totals", {}))
     cdir = commit_dir(root, run_id)
     # s3fs caches listings per filesystem instance (fsspec reuses instances in a process): without this, the
@@ -189,10 +192,18 @@ def load_state(cfg: ScoreConfig) -> ResumeState:
     fs.invalidate_cache(cdir)
     if fs.exists(cdir):
         names = [p for p in fs.ls(cdir, detail=False) if p.endswith(".json")]
-        fresh = []
+        fresh, stale = [], []
         for p in names:
             digest = p.rsplit("/", 1)[-1][:-len(".json")]
-            (st.folded_paths if digest in st.digests or digest in st.retired else fresh).append(p)
+            (st.folded_paths if digest in st.digests else stale if digest in st.retired else fresh).append(p)
+        if stale:  # a write task Ray ran again after its files were rewritten: its new files go with its marker
+            blobs = fs.cat(stale)
+            for p in stale:
+                m = json.loads(blobs[p])
+                qfs = filesystem(quarantine_url(cfg.output), cfg.output.storage)[0]
+                files = m.get("files", []) + (m.get("quarantine_files", []) if qfs is fs else [])
+                st.folded_paths += [f for f in files if f.rsplit("/", 1)[-1] == f"part-{m['digest']}.parquet"]
+                st.folded_paths.append(p)
         if fresh:
             blobs = fs.cat(fresh)
             for p in fresh:
@@ -240,6 +251,8 @@ def write_checkpoint(cfg: ScoreConfig, st: ResumeState) -> None:
     record = {"version": STATE_VERSION, "run_id": cfg.resolved_run_id(), "done": st.done,
               "partial": {s: sorted(v) for s, v in st.partial.items()}, "digests": sorted(st.digests),
               "retired": sorted(st.retired), "totals": st.acc}
+    if st.pending:
+        record["pending"] = st.pending
     _put_atomic(fs, state_path(root, cfg.resolved_run_id()), json.dumps(record, separators=(",", ":")).encode())
 
 
@@ -282,15 +295,63 @@ def consolidate(cfg: ScoreConfig, st: ResumeState) -> int:
     return len(paths)
 
 
+STAGING_DIR = "_vscore/staging"  # a rewrite's new files until its swap is rolled forward (no reader looks here)
+
+
+def staging_dir(table_root: str, run_id: str) -> str:
+    """Where a rewrite stages its new files, per table (output or quarantine): under `_vscore/`, which Spark,
+    Trino, Hive and pyarrow skip (a leading `_`), and named `*.parquet.staged`, which a DuckDB glob
+    `**/*.parquet` does not match (DuckDB's `**` does enter `_` and `.` folders)."""
+    return f"{table_root.rstrip('/')}/{STAGING_DIR}/{run_id}"
+
+
+def finish_pending(cfg: ScoreConfig, st: ResumeState) -> int:
+    """Roll committed rewrites forward (`pipeline.run.rewrite`): delete their old files, then move their staged
+    files into place, then drop them from the checkpoint. Idempotent, so a kill at any point is finished by
+    the next call; at no point is a row in two files a reader globs (it may be in none for a moment)."""
+    if not st.pending:
+        return 0
+    storage = cfg.output.storage
+    for _new, p in sorted(st.pending.items()):
+        for url in p.get("old", []):
+            fs, path = filesystem(url, storage)
+            try:
+                fs.rm(path)
+            except FileNotFoundError:
+                pass
+        for staged, final in p.get("moves", []):
+            fs, src = filesystem(staged, storage)
+            dst = filesystem(final, storage)[1]
+            fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+            try:
+                fs.mv(src, dst)  # local: one rename; object stores: copy (the object appears whole), then delete
+            except FileNotFoundError:  # moved by an earlier, interrupted roll-forward
+                fs.invalidate_cache(dst.rsplit("/", 1)[0])
+                if not fs.exists(dst):
+                    raise RuntimeError(f"staged file {staged} of a committed rewrite is gone and {final} is absent") from None
+    n = len(st.pending)
+    st.pending = {}
+    write_checkpoint(cfg, st)
+    return n
+
+
 def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
-    """Delete this run's data and quarantine files that no commit marker names (a killed run's leftovers)."""
+    """Delete this run's data and quarantine files that no commit marker names (a killed run's leftovers),
+    after rolling forward a committed rewrite; then the staged files of rewrites that never committed."""
     removed = []
     run_id = cfg.resolved_run_id()
+    finish_pending(cfg, state)
     for url in (cfg.output.path, quarantine_url(cfg.output)):
         fs, root = filesystem(url, cfg.output.storage)
         if "run_id" not in cfg.output.partition_cols:
             log.warning("output is not partitioned by run_id: leftovers of interrupted runs are not cleaned up")
             return removed
+        sdir = staging_dir(root, run_id)  # staged files of a rewrite that never committed (pending ones moved above)
+        fs.invalidate_cache(sdir)
+        staged = fs.find(sdir) if fs.exists(sdir) else []
+        if staged:
+            fs.rm(staged)
+            removed += staged
         base = f"{root.rstrip('/')}/{partition_segment('run_id', run_id)}"
         fs.invalidate_cache(base)  # a cached listing (s3fs) could hide a killed run's files
         if not fs.exists(base):

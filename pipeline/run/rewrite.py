@@ -5,14 +5,17 @@ The unit is a write task's digest: every committed file is ``part-<digest>.parqu
 the output and in the quarantine table) and the run's checkpoint (`pipeline.run.resume`) lists the committed
 digests. A rewrite
 
-1. writes the new files ``part-<new digest>.parquet`` (not committed yet: a crash here leaves files that
-   the next start deletes as leftovers),
-2. swaps the checkpoint in one atomic write: the new digest in, the old ones out, row counts and totals
-   adjusted (the commit point),
-3. deletes the old files (a crash here leaves files whose digest is no longer committed: the next start
-   deletes them).
+1. stages the new files under the table's ``_vscore/staging/<run>/`` as ``*.parquet.staged``, where no
+   reader of the table looks (Spark, Trino, Hive and pyarrow skip `_` folders; DuckDB's ``**/*.parquet``
+   enters them but does not match the suffix); a crash here leaves staged files the next start deletes;
+2. swaps the checkpoint in one atomic write (the commit point): the new digest in, the old ones out, row
+   counts and totals adjusted, and the roll-forward recorded as `pending` (old files, staged -> final);
+3. rolls forward (`resume.finish_pending`, also run by every start): deletes the old files, then moves the
+   staged files into the partition folders, then drops `pending` from the checkpoint.
 
-Every committed row is in exactly one committed file at every instant, across kill -9 at any point.
+Across kill -9 at any point, every committed row is in exactly one committed file once the next start has
+run; and at every instant a reader that globs the table sees each row at most once (during step 3, for a
+moment, the rows being moved are in no file it reads: a running job's output is partial anyway).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pyarrow.parquet as pq
 from pipeline.config import ScoreConfig
 from pipeline.run import resume
 from pipeline.stages.sink import partition_segment, quarantine_url
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, with_protocol
 
 RETRYABLE_STAGES = ("read", "decode", "engine")
 
@@ -59,7 +62,7 @@ def _table(fs: Any, path: str) -> pa.Table:
 def rewrite(cfg: ScoreConfig, st: resume.ResumeState, files: dict[str, list[tuple[Any, str, int]]],
             digests: list[str], drop: set[str] | None = None, tag: str = "rw") -> str | None:
     """Rewrite every file of `digests` into one file per partition folder under a new digest, leaving out
-    rows whose row_id is in `drop`; swap the checkpoint; delete the old files. Returns the new digest
+    rows whose row_id is in `drop`: stage, swap the checkpoint, roll forward (module doc). Returns the new digest
     (None if nothing was left to write). `st` must be freshly loaded and consolidated (no unfolded markers)."""
     drop = drop or set()
     new = hashlib.blake2b(("\n".join(sorted(digests)) + f"\x00{tag}\x00" + "\n".join(sorted(drop))).encode(),
@@ -68,7 +71,9 @@ def rewrite(cfg: ScoreConfig, st: resume.ResumeState, files: dict[str, list[tupl
     for d in digests:
         for fs, path, _size in files.get(d, []):
             by_dir[(id(fs), posixpath.dirname(path))].append((fs, path))
-    written = 0
+    roots = sorted(((filesystem(u, cfg.output.storage)[1].rstrip("/"), u) for u in (cfg.output.path, quarantine_url(cfg.output))),
+                   key=lambda r: -len(r[0]))
+    moves: list[list[str]] = []
     for (_, folder), items in sorted(by_dir.items(), key=lambda kv: kv[0][1]):
         fs = items[0][0]
         tables = [_table(f, p) for f, p in items]
@@ -76,19 +81,19 @@ def rewrite(cfg: ScoreConfig, st: resume.ResumeState, files: dict[str, list[tupl
         if drop:
             t = t.filter(pc.invert(pc.is_in(t["row_id"], value_set=pa.array(sorted(drop)))))
         if t.num_rows:
-            with fs.open(f"{folder}/part-{new}.parquet", "wb") as f:
+            root = next(r for r, _u in roots if folder.startswith(r + "/"))
+            staged = f"{resume.staging_dir(root, cfg.resolved_run_id())}/{new}-{len(moves)}.parquet.staged"
+            fs.makedirs(staged.rsplit("/", 1)[0], exist_ok=True)
+            with fs.open(staged, "wb") as f:
                 pq.write_table(t, f, compression="zstd")
-            written += 1
-    # the commit point: one atomic checkpoint write
+            moves.append([with_protocol(fs, staged), with_protocol(fs, f"{folder}/part-{new}.parquet")])
+    # the commit point: one atomic checkpoint write, the roll-forward recorded in it
     st.digests.difference_update(digests)
     st.retired.update(digests)
-    if written:
+    if moves:
         st.digests.add(new)
+    old = [with_protocol(fs, path) for d in digests for fs, path, _size in files.get(d, [])]
+    st.pending[new] = {"old": old, "moves": moves}
     resume.write_checkpoint(cfg, st)
-    for d in digests:
-        for fs, path, _size in files.get(d, []):
-            try:
-                fs.rm(path)
-            except FileNotFoundError:
-                pass
-    return new if written else None
+    resume.finish_pending(cfg, st)
+    return new if moves else None
