@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.config import ScoreConfig
-from pipeline.dev.scale_state import commit_rows
+from pipeline.dev.scale_state import _task_table, commit_rows
 from pipeline.run import compact, resume, rewrite
 from pipeline.stages.sink import CommittedParquetSink
 
@@ -56,43 +56,167 @@ def test_compaction_packs_small_files_exactly_once(tmp_path):
     st = _restart(cfg)
     assert st.totals() == before and len(st.done) == 10
     assert compact.compact(cfg, target_bytes=1 << 30)["replaced"] == 0  # nothing small left to pack
-    # a write task Ray retries after its files were compacted (same digest) is never counted again
-    sink_tables = list((tmp_path / "out").rglob("part-*.parquet"))
-    assert sink_tables and resume.load_state(cfg).committed_rows == 1000
+    # a write task Ray runs again after its files were compacted (same rows, same digest): never counted
+    # again, and its new file goes at the next fold
+    shard, keys = "synthetic://shard-0000002.tar", [f"0000002-{i:05d}" for i in range(20)]
+    CommittedParquetSink(cfg.output, cfg.resolved_run_id()).write([_task_table(cfg.resolved_run_id(), shard, "g00001", keys)], None)
+    assert len(_files(tmp_path / "out")) == 6
+    st = resume.load_state(cfg)
+    assert st.committed_rows == 1000
+    resume.consolidate(cfg, st)
+    assert len(_files(tmp_path / "out")) == 5 and set(_ids(tmp_path / "out").values()) == {1}
+    assert resume.load_state(cfg).totals() == before
 
 
 class Killed(BaseException):
     pass
 
 
-@pytest.mark.parametrize("point", ["before_swap", "after_swap"])
+def _duckdb_counts(glob: str, fs=None) -> Counter:
+    """row_id -> copies, as DuckDB reads the hive-partitioned output through a `**/*.parquet` glob (an S3
+    output through a fresh s3fs without listing cache: DuckDB's httpfs is not installed offline)."""
+    import duckdb
+
+    con = duckdb.connect()
+    if fs is not None:
+        con.register_filesystem(fs)
+    try:
+        rows = con.sql(f"SELECT row_id FROM read_parquet('{glob}', hive_partitioning=true)").fetchall()
+    except duckdb.IOException as e:  # nothing to read (yet): no row seen
+        if "No files found" not in str(e):
+            raise
+        rows = []
+    return Counter(r[0] for r in rows)
+
+
+# The steps of a rewrite (pipeline/run/rewrite.py) on local disk, as (LocalFileSystem method, call that dies):
+# _open 2 = the second staged file; mv 1 = the checkpoint swap (put_atomic renames); rm 1 / rm 7 = the first /
+# a middle old file; mv 3 = the second staged file's move; mv 4 = the checkpoint that clears `pending`.
+KILL_POINTS = {"staging": ("_open", 2), "before_swap": ("mv", 1), "after_swap": ("rm", 1), "mid_delete": ("rm", 7),
+               "mid_move": ("mv", 3), "before_clear": ("mv", 4)}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_kill_during_compaction_then_restart(tmp_path, monkeypatch, point):
-    cfg = _cfg(tmp_path / "out")
+    import fsspec.implementations.local as local
+
+    out = tmp_path / "out"
+    cfg = _cfg(out)
     commit_rows(cfg, 400, shard_size=100, rows_per_task=20)
     totals = _restart(cfg).totals()
+    method, nth = KILL_POINTS[point]
+    real = getattr(local.LocalFileSystem, method)
+    calls = []
 
-    def die(*a, **k):
-        raise Killed()
+    def dies(self, path, *a, **k):
+        if method != "_open" or "w" in (a[0] if a else k.get("mode", "rb")):
+            calls.append(path)
+            if len(calls) == nth:
+                raise Killed()
+        return real(self, path, *a, **k)
 
-    if point == "before_swap":  # new files written, the checkpoint not swapped
-        monkeypatch.setattr(resume, "write_checkpoint", die)
-    else:  # swapped, the old files not deleted
-        import fsspec.implementations.local as local
-
-        monkeypatch.setattr(local.LocalFileSystem, "rm", die)
+    monkeypatch.setattr(local.LocalFileSystem, method, dies)
     with pytest.raises(Killed):
         compact.compact(cfg, target_bytes=1 << 30)
     monkeypatch.undo()
-    # before any restart, a reader through vscore's opener sees every row once (the other copy is not committed)
+    committed = point in ("staging", "before_swap")  # the old files are still the committed ones
+    # before any restart: a globbing reader sees no row twice (and every row where the swap is not committed)
+    for seen in (_ids(out), _duckdb_counts(f"{out}/**/*.parquet")):
+        assert set(seen.values()) <= {1}, f"{point}: a reader sees {sum(seen.values()) - len(seen)} rows twice"
+        assert len(seen) == 400 or not committed
     from pipeline.tools.dataset import open_scores
 
-    seen = Counter(open_scores(str(tmp_path / "out")).dataset.to_table(columns=["row_id"]).column("row_id").to_pylist())
-    assert len(seen) == 400 and set(seen.values()) == {1}
+    seen = Counter(open_scores(str(out)).dataset.to_table(columns=["row_id"]).column("row_id").to_pylist())
+    assert set(seen.values()) == {1} and (len(seen) == 400 or not committed)
     st = _restart(cfg)
-    ids = _ids(tmp_path / "out")
+    ids = _ids(out)
     assert len(ids) == 400 and set(ids.values()) == {1}, f"{sum(ids.values()) - len(ids)} duplicated rows"
-    assert st.totals() == totals
-    assert len(_files(tmp_path / "out")) == (20 if point == "before_swap" else 2)
+    assert _duckdb_counts(f"{out}/**/*.parquet") == ids
+    assert st.totals() == totals and not resume.load_state(cfg).pending
+    assert len(_files(out)) == (20 if committed else 2)
+    assert not [p for p in out.rglob("*") if p.is_file() and ".staged" in p.name]
+
+
+class _Watched:
+    """An fsspec filesystem whose every storage change (a file written, removed or moved) is followed by a
+    reader's full read of the output: the test sees the output at each step of a compaction."""
+
+    def __init__(self, fs, check):
+        self._fs, self._check = fs, check
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def _after(self, name, *a, **k):
+        r = getattr(self._fs, name)(*a, **k)
+        self._check()
+        return r
+
+    def rm(self, *a, **k):
+        return self._after("rm", *a, **k)
+
+    def mv(self, *a, **k):
+        return self._after("mv", *a, **k)
+
+    def pipe_file(self, *a, **k):
+        return self._after("pipe_file", *a, **k)
+
+    def open(self, path, mode="rb", **k):
+        f = self._fs.open(path, mode, **k)
+        if "w" not in mode:
+            return f
+        check = self._check
+
+        class _F:
+            def __enter__(self):
+                return f.__enter__()
+
+            def __exit__(self, *exc):
+                r = f.__exit__(*exc)
+                check()
+                return r
+        return _F()
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_readers_never_see_a_row_twice_during_compaction(tmp_path, monkeypatch, backend, request):
+    """DuckDB reads the whole output after every storage change of a compaction (on local disk and moto S3):
+    no row_id twice at any step; fewer rows for a moment (between the old files' removal and the moves)."""
+    from pipeline.storage import StorageOptions
+
+    if backend == "s3":
+        import s3fs
+
+        server = request.getfixturevalue("s3")
+        url = f"s3://vscore-test/readers-{os.getpid()}/out"
+        cfg = ScoreConfig.model_validate({"input": {"shards": "synthetic://shard-*.tar"},
+                                          "output": {"path": url, "shards_per_group": 2,
+                                                     "storage": StorageOptions(endpoint_url=server.endpoint_url)}})
+        reader_fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": server.endpoint_url}, use_listings_cache=False,
+                                      skip_instance_cache=True)
+        glob = f"{url}/**/*.parquet"
+    else:
+        cfg, reader_fs, glob = _cfg(tmp_path / "out"), None, f"{tmp_path}/out/**/*.parquet"
+    commit_rows(cfg, 400, shard_size=100, rows_per_task=20)  # 20 small files in 2 partition folders
+    _restart(cfg)
+    seen: list[int] = []
+
+    def check():
+        c = _duckdb_counts(glob, reader_fs)
+        twice = sorted(r for r, n in c.items() if n > 1)
+        assert not twice, f"after step {len(seen)} a reader sees {len(twice)} rows twice, e.g. {twice[:3]}"
+        seen.append(len(c))
+
+    for mod in (rewrite, resume):
+        real = mod.filesystem
+        monkeypatch.setattr(mod, "filesystem", lambda url, storage, _real=real: (lambda r: (_Watched(r[0], check), r[1]))(_real(url, storage)))
+    check()
+    assert compact.compact(cfg, target_bytes=1 << 30) == {"replaced": 20, "new": 1}
+    monkeypatch.undo()
+    assert len(seen) > 20 and seen[0] == 400 and seen[-1] == 400  # every step was looked at
+    assert min(seen) < 400  # (the moment the moved rows are in no file: partial, never doubled)
+    assert _duckdb_counts(glob, reader_fs) == Counter({r: 1 for r in _duckdb_counts(glob, reader_fs)})
+    assert resume.load_state(cfg).committed_rows == 400
 
 
 _CHILD = """
@@ -129,6 +253,8 @@ def test_sigkill_during_compaction_then_restart(tmp_path, delay):
     time.sleep(delay)
     p.send_signal(signal.SIGKILL)
     p.wait()
+    before = _duckdb_counts(f"{out}/**/*.parquet")  # what a reader sees before the next start
+    assert set(before.values()) <= {1}, f"a reader sees {sum(before.values()) - len(before)} rows twice"
     st = _restart(cfg)
     ids = _ids(out)
     assert len(ids) == 600 and set(ids.values()) == {1}
