@@ -36,6 +36,12 @@ def add_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--scale-pipeline-sizes", default="1000,10000", help="rows for the real-pipeline part ('' to skip)")
     g.add_argument("--scale-backends", default="local,s3", help="local, s3 (embedded moto)")
     g.add_argument("--scale-rows-per-task", type=int, default=64, help="rows per synthetic write task (output.min_rows_per_file)")
+    g.add_argument("--scale-shard-size", type=int, default=1000, help="rows per synthetic shard (one manifest each)")
+    g.add_argument("--scale-shards-per-task", type=int, default=1,
+                   help=">1: each write task holds that many whole shards (large tasks, the shape compaction leaves)")
+    g.add_argument("--scale-fold-every", type=int, default=0,
+                   help="fold the state every N shards while writing, as a running driver does (0: never; the "
+                        "'unfolded' start-up then loads every marker)")
 
 
 def selected(args: argparse.Namespace) -> bool:
@@ -66,7 +72,8 @@ def _state_cfg(out: str, endpoint: str | None) -> dict[str, Any]:
             "output": {"path": out, "storage": {"endpoint_url": endpoint}, "shards_per_group": 100}}
 
 
-def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task: int = 64) -> dict[str, Any]:
+def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task: int = 64, shard_size: int = 1000,
+                shards_per_task: int = 1, fold_every: int = 0) -> dict[str, Any]:
     from pipeline.config import ScoreConfig
     from pipeline.dev.scale_state import commit_rows
 
@@ -85,7 +92,10 @@ def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task
                 if backend != "s3":
                     shutil.rmtree(path, ignore_errors=True)
                 cj = _state_cfg(path, endpoint)
-                w = commit_rows(ScoreConfig.model_validate(cj), n, rows_per_task=rows_per_task)
+                w = commit_rows(ScoreConfig.model_validate(cj), n, shard_size=shard_size, rows_per_task=rows_per_task,
+                                shards_per_task=shards_per_task, consolidate_every=fold_every,
+                                progress_every=max(1, (n // shard_size) // 20))
+                w["uptime_after_write"] = os.getloadavg()
                 unfolded = _child_resume(cj, consolidate=True)  # loads every marker, then folds them
                 compact = _child_resume(cj)  # from the checkpoint
                 r = {"write": w, "unfolded_start": unfolded, "compact_start": compact}
@@ -148,7 +158,9 @@ def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path) -> di
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     state_sizes = [int(x) for x in args.scale_state_sizes.split(",") if x]
     pipe_sizes = [int(x) for x in args.scale_pipeline_sizes.split(",") if x]
-    res: dict[str, Any] = {"scale": {"state": bench_state(state_sizes, args.scale_backends.split(","), work, args.scale_rows_per_task)}}
+    res: dict[str, Any] = {"scale": {"state": bench_state(
+        state_sizes, args.scale_backends.split(","), work, args.scale_rows_per_task, args.scale_shard_size,
+        args.scale_shards_per_task, args.scale_fold_every)}}
     if pipe_sizes:
         res["scale"]["pipeline"] = bench_pipeline(pipe_sizes, args, work)
     return res

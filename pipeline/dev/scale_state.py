@@ -42,9 +42,11 @@ def _task_table(run_id: str, shard: str, group: str, keys: list[str]) -> pa.Tabl
 
 
 def commit_rows(cfg: ScoreConfig, n_rows: int, shard_size: int = 1000, rows_per_task: int = 64,
-                consolidate_every: int = 0) -> dict[str, Any]:
+                consolidate_every: int = 0, shards_per_task: int = 1, progress_every: int = 0) -> dict[str, Any]:
     """Commit `n_rows` synthetic ok rows of `cfg`'s run as a finished run would. With `consolidate_every`
-    > 0 the state is folded every that many shards (as the driver does at start and end of each invocation)."""
+    > 0 the state is folded every that many shards (as the driver does at start and end of each invocation).
+    `shards_per_task` > 1: one write task holds that many whole shards (`rows_per_task` unused), the shape of
+    large write tasks or of an output that compaction has rewritten."""
     from pipeline.run import resume
     from pipeline.stages.sink import CommittedParquetSink
 
@@ -54,17 +56,27 @@ def commit_rows(cfg: ScoreConfig, n_rows: int, shard_size: int = 1000, rows_per_
     t0 = time.time()
     tasks = 0
     n_shards = (n_rows + shard_size - 1) // shard_size
+    pending: list[pa.Table] = []
     for s in range(n_shards):
         shard = f"synthetic://shard-{s:07d}.tar"
         group = f"g{s // cfg.output.shards_per_group:05d}"
         keys = [f"{s:07d}-{i:05d}" for i in range(min(shard_size, n_rows - s * shard_size))]
-        for i in range(0, len(keys), rows_per_task):
-            sink.write([_task_table(run_id, shard, group, keys[i:i + rows_per_task])], None)
-            tasks += 1
+        if shards_per_task > 1:
+            pending.append(_task_table(run_id, shard, group, keys))
+            if len(pending) == shards_per_task or s == n_shards - 1:
+                sink.write([pa.concat_tables(pending)], None)
+                pending = []
+                tasks += 1
+        else:
+            for i in range(0, len(keys), rows_per_task):
+                sink.write([_task_table(run_id, shard, group, keys[i:i + rows_per_task])], None)
+                tasks += 1
         resume.write_shard_manifest(resume.shard_manifest_dir(cfg), cfg.output.storage, shard,
                                     [make_row_id(shard, k) for k in keys])
         if consolidate_every and (s + 1) % consolidate_every == 0:
             resume.consolidate(cfg, resume.load_state(cfg))
+        if progress_every and (s + 1) % progress_every == 0:
+            print(f"[commit_rows] {s + 1}/{n_shards} shards, {tasks} write tasks, {time.time() - t0:.0f} s", flush=True)
     return {"rows": n_rows, "shards": n_shards, "write_tasks": tasks, "write_s": round(time.time() - t0, 2)}
 
 
