@@ -39,6 +39,10 @@ def add_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--scale-shard-size", type=int, default=1000, help="rows per synthetic shard (one manifest each)")
     g.add_argument("--scale-shards-per-task", type=int, default=1,
                    help=">1: each write task holds that many whole shards (large tasks, the shape compaction leaves)")
+    g.add_argument("--scale-placeholder", action="store_true",
+                   help="write the folded state of an uncompacted run directly (checkpoint + one tiny placeholder object "
+                        "per committed file; pipeline/dev/scale_state.py placeholder_state): the worst-case start-up at "
+                        "sizes the sink cannot write through moto in time")
     g.add_argument("--scale-fold-every", type=int, default=0,
                    help="fold the state every N shards while writing, as a running driver does (0: never; the "
                         "'unfolded' start-up then loads every marker)")
@@ -73,9 +77,9 @@ def _state_cfg(out: str, endpoint: str | None) -> dict[str, Any]:
 
 
 def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task: int = 64, shard_size: int = 1000,
-                shards_per_task: int = 1, fold_every: int = 0) -> dict[str, Any]:
+                shards_per_task: int = 1, fold_every: int = 0, placeholder: bool = False) -> dict[str, Any]:
     from pipeline.config import ScoreConfig
-    from pipeline.dev.scale_state import commit_rows
+    from pipeline.dev.scale_state import commit_rows, placeholder_state
 
     out: dict[str, Any] = {}
     s3 = None
@@ -92,9 +96,13 @@ def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task
                 if backend != "s3":
                     shutil.rmtree(path, ignore_errors=True)
                 cj = _state_cfg(path, endpoint)
-                w = commit_rows(ScoreConfig.model_validate(cj), n, shard_size=shard_size, rows_per_task=rows_per_task,
-                                shards_per_task=shards_per_task, consolidate_every=fold_every,
-                                progress_every=max(1, (n // shard_size) // 20))
+                progress = max(1, (n // shard_size) // 20)
+                if placeholder:
+                    w = placeholder_state(ScoreConfig.model_validate(cj), n, shard_size=shard_size,
+                                          rows_per_task=rows_per_task, progress_every=progress)
+                else:
+                    w = commit_rows(ScoreConfig.model_validate(cj), n, shard_size=shard_size, rows_per_task=rows_per_task,
+                                    shards_per_task=shards_per_task, consolidate_every=fold_every, progress_every=progress)
                 w["uptime_after_write"] = os.getloadavg()
                 unfolded = _child_resume(cj, consolidate=True)  # loads every marker, then folds them
                 compact = _child_resume(cj)  # from the checkpoint
@@ -160,7 +168,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pipe_sizes = [int(x) for x in args.scale_pipeline_sizes.split(",") if x]
     res: dict[str, Any] = {"scale": {"state": bench_state(
         state_sizes, args.scale_backends.split(","), work, args.scale_rows_per_task, args.scale_shard_size,
-        args.scale_shards_per_task, args.scale_fold_every)}}
+        args.scale_shards_per_task, args.scale_fold_every, args.scale_placeholder)}}
     if pipe_sizes:
         res["scale"]["pipeline"] = bench_pipeline(pipe_sizes, args, work)
     return res

@@ -10,6 +10,7 @@ Used by tests/test_compact_state.py and `jobs/bench.py --scale`.
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import time
 from typing import Any
@@ -78,6 +79,50 @@ def commit_rows(cfg: ScoreConfig, n_rows: int, shard_size: int = 1000, rows_per_
         if progress_every and (s + 1) % progress_every == 0:
             print(f"[commit_rows] {s + 1}/{n_shards} shards, {tasks} write tasks, {time.time() - t0:.0f} s", flush=True)
     return {"rows": n_rows, "shards": n_shards, "write_tasks": tasks, "write_s": round(time.time() - t0, 2)}
+
+
+def placeholder_state(cfg: ScoreConfig, n_rows: int, shard_size: int = 1000, rows_per_task: int = 64,
+                      batch: int = 2000, progress_every: int = 0) -> dict[str, Any]:
+    """The state a finished, folded run of `n_rows` leaves when none of its `rows_per_task`-row write tasks
+    was compacted (the worst case of the start-up), written directly rather than through the sink: the compact
+    checkpoint (every shard done, one digest per write task, the totals) and one tiny placeholder object per
+    committed file in its partition folder. A start-up reads the checkpoint and the files' names, never their
+    contents; writing ~156,000 real write tasks through moto takes hours on a small machine."""
+    from pipeline.run import resume
+    from pipeline.stages.sink import _partition_path
+    from pipeline.storage import filesystem
+
+    run_id = cfg.resolved_run_id()
+    resume.guard_fingerprint(cfg)
+    fs, root = filesystem(cfg.output.path, cfg.output.storage)
+    cols = list(cfg.output.partition_cols)
+    st = resume.ResumeState()
+    t0 = time.time()
+    n_shards = (n_rows + shard_size - 1) // shard_size
+    todo: dict[str, bytes] = {}
+    tasks = 0
+    for s in range(n_shards):
+        rows = min(shard_size, n_rows - s * shard_size)
+        shard = f"synthetic://shard-{s:07d}.tar"
+        group = f"g{s // cfg.output.shards_per_group:05d}"
+        st.done[shard] = rows
+        for i in range(0, rows, rows_per_task):
+            d = hashlib.blake2b(f"{shard}\x00{i}".encode(), digest_size=10).hexdigest()
+            st.digests.add(d)
+            values = tuple(run_id if c == "run_id" else group for c in cols)
+            todo[_partition_path(root, cols, values, d)] = b"x"
+            tasks += 1
+        if len(todo) >= batch or s == n_shards - 1:
+            for folder in {p.rsplit("/", 1)[0] for p in todo}:
+                fs.makedirs(folder, exist_ok=True)  # (local disk; a no-op on object stores)
+            fs.pipe(todo)
+            todo = {}
+        if progress_every and (s + 1) % progress_every == 0:
+            print(f"[placeholder_state] {s + 1}/{n_shards} shards, {tasks} files, {time.time() - t0:.0f} s", flush=True)
+    st.acc["rows"] = n_rows
+    resume.write_checkpoint(cfg, st)
+    return {"rows": n_rows, "shards": n_shards, "write_tasks": tasks, "write_s": round(time.time() - t0, 2),
+            "placeholder": True}
 
 
 def measure_resume(cfg: ScoreConfig, consolidate: bool = True) -> dict[str, Any]:
