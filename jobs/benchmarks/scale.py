@@ -138,7 +138,7 @@ def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path) -> di
                 runner.init_ray(shards)
             dest = work / "out" / f"scale-{n}"
             shutil.rmtree(dest, ignore_errors=True)
-            cfg = pipeline_config(shards, str(dest), ["output.min_rows_per_file=64"])
+            cfg = pipeline_config(shards, str(dest), ["output.min_rows_per_file=64", *getattr(args, "pipeline_set", [])])
             with ProcSampler(every=0.5, pss_every=8) as s:
                 t = time.perf_counter()
                 summary = run(cfg, progress_every_s=3600)
