@@ -133,6 +133,7 @@ class VLLMEngine:
     else the synchronous `vllm.LLM`."""
 
     name = "vllm"
+    _video: Any = None  # VideoPassThrough when the video reaches vLLM pre-processed (set in __init__)
 
     def __init__(
         self,
@@ -189,7 +190,7 @@ class VLLMEngine:
 
             self.llm = vllm.LLM(**self.args)
         self.load_seconds = time.perf_counter() - t0
-        self._video: Any = None  # VideoPassThrough (AsyncLLM path; the sync LLM renders raw prompts itself)
+        self._video = None  # AsyncLLM path only: the sync vllm.LLM renders raw prompts itself (HF processor)
         if use_async and self.video_processor == "numpy":
             from pipeline.engines.vllm_video import VideoPassThrough
             from pipeline.vs2.processor import VideoProcessorSettings
