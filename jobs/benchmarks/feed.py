@@ -31,6 +31,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import statistics
 import threading
 import time
@@ -312,6 +313,8 @@ def measure(stage: Any, meter: Meter, videos: list[Any], n: int, batch: int, sta
         bad = [r for r in rows if r["status"] != "ok"]
         if bad:
             raise RuntimeError(f"feed: a row failed: {bad[0]['error_stage']}: {bad[0]['error']}")
+        if any(r["from_cache"] or r["duplicate_of"] for r in rows):
+            raise RuntimeError("feed: a row came from the score cache: nothing was scored")
         out_tokens += sum(r["output_tokens"] or 0 for r in rows)
         prompt_tokens += sum(r["prompt_tokens"] or 0 for r in rows)
         done += k
@@ -359,7 +362,9 @@ def bench_feed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     meter.install()
     try:
         for vi, variant in enumerate(variants):
-            cfg = score_config(model, work / "feed-out" / variant, variant, args.feed_output_tokens, max_len, args.feed_batch)
+            out = work / "feed-out" / variant
+            shutil.rmtree(out, ignore_errors=True)  # a previous run's score cache would serve every row (no scoring)
+            cfg = score_config(model, out, variant, args.feed_output_tokens, max_len, args.feed_batch)
             t0 = time.perf_counter()
             engine = make_engine(cfg, variant, args.feed_output_tokens)
             print(f"[bench] feed: {variant}: engine up in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -378,11 +383,11 @@ def bench_feed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return res
 
 
-def transit(model: Path, frames: dict[str, list[Any]], reps: int = 3) -> dict[str, Any]:
+def transit(model: Path, frames: dict[str, list[Any]], reps: int = 5) -> dict[str, Any]:
     """Bytes per video between decode and scoring: the uint8 frames as the decode stage ships them (an Arrow
     variable-shaped tensor column, what goes into the object store) vs the HF processor's outputs
     (`pixel_values_videos` float32 + `video_grid_thw`); and each way of computing the model's video tensors alone
-    (thread CPU, median of `reps`): the HF processor as vLLM calls it with device normalization (rescale and
+    (thread CPU, median of `reps` after one warm-up call): the HF processor as vLLM calls it with device normalization (rescale and
     normalize off: uint8 patches), the full HF processor (float32), our numpy `patchify` (uint8) and
     `video_patches` (float32)."""
     import numpy as np
@@ -396,7 +401,8 @@ def transit(model: Path, frames: dict[str, list[Any]], reps: int = 3) -> dict[st
     settings = VideoProcessorSettings.from_processor(proc.video_processor)
 
     def timed(fn) -> tuple[float, Any]:
-        times, out = [], None
+        out = fn()  # warm-up: the first calls of a fresh process pay for new pages (seen: 15 ms -> 270 ms)
+        times = []
         for _ in range(reps):
             t0 = time.thread_time()
             out = fn()
