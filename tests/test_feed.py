@@ -93,3 +93,13 @@ def test_make_batch_is_shaped_like_the_decode_stage_output(feed):
     firsts = {bytes(f[0, 0, 0]) for f in b["frames"]}
     assert len(firsts) == 3  # every video differs: no cache can serve a repeat
     assert list(b["row_id"]) == ["feed-000007", "feed-000008", "feed-000009"]
+
+
+def test_variants_compare_the_hf_processor_with_the_pass_through(feed):
+    """`lean` keeps vLLM's HF video processor, `passthrough` is the engine's default (numpy pre-processed video)."""
+    from pipeline.config import EngineConfig
+
+    assert feed.VARIANTS["lean"][1]["video_processor"] == "hf"
+    assert feed.VARIANTS["passthrough"] == ({}, {"video_processor": "numpy"})
+    assert EngineConfig().video_processor == "numpy"
+    assert all(opts.get("video_processor") == "hf" for v, (_, opts) in feed.VARIANTS.items() if v != "passthrough")
