@@ -243,9 +243,10 @@ class EngineConfig(_Model):
     video_processor: Literal["numpy", "hf"] = Field("numpy", description=(
         "vLLM engine (AsyncLLM path): who turns the frames into the model's video tensors. numpy = our numpy patchify "
         "(pipeline/vs2/processor.py) in the scoring actor, handed to vLLM pre-processed (pipeline/engines/vllm_video.py): "
-        "the HF video processor never runs; hf = vLLM runs transformers' video processor in its front-end. Both give "
-        "byte-identical tensors, prompt token ids and multimodal hashes (tests/test_vllm_video.py), so it is not "
-        "row-affecting; numpy costs the actor 3-4x less CPU (docs/performance.md, 'Feeding the GPU')."))
+        "the HF video processor never runs (Qwen2.5-VL checkpoints); hf = vLLM runs transformers' video processor in "
+        "its front-end (also the sync vllm.LLM path). Both hand the model byte-identical tensors and prompt token ids "
+        "(tests/test_vllm_video.py), so it is not row-affecting; numpy's video step costs the actor 10-27 ms per video "
+        "instead of 26-123 (docs/performance.md, 'The video pass-through')."))
     batch_size: int = Field(16, ge=1, description="Videos per scoring batch (map_batches batch_size).")
     batches_in_flight: int = Field(2, ge=1, description="Batches a scoring actor accepts concurrently, so the engine never drains.")
     actors: int | Literal["auto"] = Field(1, description="Scoring actors (engine replicas); 'auto' = the cluster's GPUs / GPUs per actor.")

@@ -153,3 +153,15 @@ def test_processor_level_identity_for_other_vllm_settings(tiny_judge_dir, clips,
         assert_same_engine_input(official, ours, f"{name} {dtype} device_normalize={device_normalize}")
         want = "torch.uint8" if device_normalize else f"torch.{dtype}"
         assert str(_kwargs_items(ours)["pixel_values_videos"][0].dtype) == want
+
+
+def test_other_model_families_are_refused_with_the_fix():
+    from pipeline.engines.vllm_video import VideoPassThrough
+    from pipeline.vs2.processor import VideoProcessorSettings
+
+    class Renderer:  # a processor that is not vLLM's Qwen2.5-VL one
+        def get_mm_processor(self):
+            return object()
+
+    with pytest.raises(ValueError, match="engine.video_processor=hf"):
+        VideoPassThrough(Renderer(), VideoProcessorSettings((0.5,) * 3, (0.5,) * 3, 1 / 255), 2.0, {})

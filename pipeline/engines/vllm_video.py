@@ -70,7 +70,12 @@ class VideoPassThrough:
 
     def __init__(self, renderer: Any, settings: VideoProcessorSettings, video_fps: float,
                  mm_processor_kwargs: Mapping[str, Any]) -> None:
+        from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLMultiModalProcessor
+
         self.processor = renderer.get_mm_processor()
+        if not isinstance(self.processor, Qwen2_5_VLMultiModalProcessor):  # the tensors below are Qwen2.5-VL's
+            raise ValueError(f"engine.video_processor=numpy supports Qwen2.5-VL checkpoints, this one is processed by "
+                             f"{type(self.processor).__name__}: set engine.video_processor=hf")
         model_config = self.processor.info.ctx.model_config
         mm_config = model_config.get_multimodal_config()
         self.device_normalize = bool(mm_config.mm_device_do_normalize)
