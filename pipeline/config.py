@@ -240,6 +240,13 @@ class EngineConfig(_Model):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enforce_eager: bool = Field(False, description="vLLM: skip CUDA graphs / torch.compile (faster start, slower steps).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for vllm.LLM / from_pretrained.")
+    video_processor: Literal["numpy", "hf"] = Field("numpy", description=(
+        "vLLM engine (AsyncLLM path): who turns the frames into the model's video tensors. numpy = our numpy patchify "
+        "(pipeline/vs2/processor.py) in the scoring actor, handed to vLLM pre-processed (pipeline/engines/vllm_video.py): "
+        "the HF video processor never runs (Qwen2.5-VL checkpoints); hf = vLLM runs transformers' video processor in "
+        "its front-end (also the sync vllm.LLM path). Both hand the model byte-identical tensors and prompt token ids "
+        "(tests/test_vllm_video.py), so it is not row-affecting; numpy's video step costs the actor 10-27 ms per video "
+        "instead of 26-123 (docs/performance.md, 'The video pass-through')."))
     batch_size: int = Field(16, ge=1, description="Videos per scoring batch (map_batches batch_size).")
     batches_in_flight: int = Field(2, ge=1, description="Batches a scoring actor accepts concurrently, so the engine never drains.")
     actors: int | Literal["auto"] = Field(1, description="Scoring actors (engine replicas); 'auto' = the cluster's GPUs / GPUs per actor.")
@@ -340,7 +347,8 @@ class ScoreConfig(_Model):
 # extensions, shard grouping, the prefilter) is in the scoring fingerprint, hence in the default run id. A dotted prefix
 # covers a whole section. Batching knobs are listed: vLLM is not batch-invariant, but neither are two runs of
 # the same config, so they are treated as throughput. `decode.skip_nonref` is listed because its frames are
-# byte-identical to the full decode (tests/test_skip_nonref.py).
+# byte-identical to the full decode (tests/test_skip_nonref.py); `engine.video_processor` because both choices hand
+# the model byte-identical tensors and prompt ids (tests/test_vllm_video.py).
 NOT_ROW_AFFECTING = frozenset({
     "input.shards", "input.manifest", "input.storage", "input.samples_per_block", "input.limit", "input.read_num_cpus",
     "input.fetch_concurrency",
@@ -348,7 +356,7 @@ NOT_ROW_AFFECTING = frozenset({
     "decode.min_actors", "decode.actors_per_engine",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
-    "engine.max_restarts", "engine.max_task_retries", "engine.resources",
+    "engine.max_restarts", "engine.max_task_retries", "engine.resources", "engine.video_processor",
     "output.path", "output.storage", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
     "output.partition_cols", "output.state_fold_every_s", "output.target_file_mb", "output.compact",
     "ray", "cache",

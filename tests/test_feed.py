@@ -69,12 +69,13 @@ def test_report_prints_the_table_and_the_reference_line(feed):
     res = {"feed": {"results": {"5s@480p": {"baseline": _result(90.0, 23), "lean": _result(48.4, 23)},
                                 "10s@720p": {"lean": _result(120.0, 80, (20, 448, 812, 3))}},
                     "transit": {"5s@480p": {"arrow_bytes": 11_995_200, "processed_bytes": 47_980_880,
-                                            "hf_processor_ms_standalone": 22.0}}}}
+                                            "hf_processor_ms_standalone": 22.0, "hf_uint8_ms_standalone": 18.0,
+                                            "numpy_uint8_ms_standalone": 8.04, "numpy_float32_ms_standalone": 15.0}}}}
     lines = feed.report(res)
     text = "\n".join(lines)
     assert "| part | baseline | lean |" in text and "| **total (process CPU)** | 90.0 | 48.4 |" in text
     assert "| target | <= 35 | <= 35 |" in text and "<= 70" in text
-    assert "| 5s@480p | 12.0 MB | 48.0 MB | 4.00x | 1.34 / 5.37 Gbit/s | 22 ms |" in text
+    assert "| 5s@480p | 12.0 MB | 48.0 MB | 4.00x | 1.34 / 5.37 Gbit/s | 18.0 / 22.0 / 8.0 / 15.0 |" in text
     assert lines[-1] == "actor CPU per video at the reference workload: 48 ms (budget 70; variant lean)"
     assert feed.report({}) == []
 
@@ -92,3 +93,13 @@ def test_make_batch_is_shaped_like_the_decode_stage_output(feed):
     firsts = {bytes(f[0, 0, 0]) for f in b["frames"]}
     assert len(firsts) == 3  # every video differs: no cache can serve a repeat
     assert list(b["row_id"]) == ["feed-000007", "feed-000008", "feed-000009"]
+
+
+def test_variants_compare_the_hf_processor_with_the_pass_through(feed):
+    """`lean` keeps vLLM's HF video processor, `passthrough` is the engine's default (numpy pre-processed video)."""
+    from pipeline.config import EngineConfig
+
+    assert feed.VARIANTS["lean"][1]["video_processor"] == "hf"
+    assert feed.VARIANTS["passthrough"] == ({}, {"video_processor": "numpy"})
+    assert EngineConfig().video_processor == "numpy"
+    assert all(opts.get("video_processor") == "hf" for v, (_, opts) in feed.VARIANTS.items() if v != "passthrough")

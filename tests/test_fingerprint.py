@@ -32,7 +32,7 @@ NOT_ROW_AFFECTING = {
     "decode.min_actors", "decode.actors_per_engine",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
-    "engine.max_restarts", "engine.max_task_retries", "engine.resources",
+    "engine.max_restarts", "engine.max_task_retries", "engine.resources", "engine.video_processor",
     "output.path", "output.storage.*", "output.run_id", "output.quarantine_path", "output.min_rows_per_file",
     "output.partition_cols", "output.state_fold_every_s", "output.target_file_mb", "output.compact",
     "ray.*", "cache.url", "cache.storage.*", "cache.dedup",

@@ -28,7 +28,7 @@ def test_constants_are_the_documented_ones():
     assert (r720.width, r720.height, r720.fps, r720.seconds, r720.videos_per_cpu_s) == (1280, 720, 24, 5, 3.66)
     assert (sizing.REAL_MIX_VIDEOS_PER_CPU_S, sizing.REAL_MIX_SKIP_NONREF_SPEEDUP) == (4.93, 1.34)
     assert sizing.PIPELINE_EFFICIENCY == 0.75
-    assert (sizing.SCORE_ACTOR_FIXED_S, sizing.SCORE_ACTOR_S_PER_VISUAL_TOKEN, sizing.IO_RAY_CORES_PER_GPU) == (0.0131, 20.9e-6, 1.0)
+    assert (sizing.SCORE_ACTOR_FIXED_S, sizing.SCORE_ACTOR_S_PER_VISUAL_TOKEN, sizing.IO_RAY_CORES_PER_GPU) == (0.0352, 7.03e-6, 1.0)
     assert [(r.skip_nonref_speedup) for r in sizing.DECODE_REFS] == [1.24, 1.19]
     assert sizing.FRAME_BYTES_PER_VISUAL_TOKEN == 4704 and sizing.PROCESSED_BYTES_PER_VISUAL_TOKEN == 18816
     assert (sizing.REF_VISUAL_TOKENS, sizing.TEXT_PROMPT_TOKENS, sizing.OUTPUT_TOKENS) == (2550, 642, 300)
@@ -43,12 +43,12 @@ def test_readme_example_by_hand():
     # measured 6.61 videos/s per core at 5 s 480p, x 1.24 with decode.skip_nonref (the default), pipeline keeps 75%
     decode_core_s = (1 / (6.61 * 1.24)) / 0.75
     decode_exact = rate * decode_core_s  # 11.297
-    # scoring actor (measured, issue 15): 13.1 ms + 20.9 us x 2,550 visual tokens = 66.4 ms per video
-    actor_exact = rate * (0.0131 + 20.9e-6 * 2550)  # 4.611
+    # scoring actor (measured, issue 15): 35.2 ms + 7.03 us x 2,550 visual tokens = 53.1 ms per video
+    actor_exact = rate * (0.0352 + 7.03e-6 * 2550)  # 3.689
     cpu_exact = decode_exact + actor_exact + 12 * 1.0  # + reads/writes/Ray per GPU
     # frames in transit: 10 frames x 476 x 840 x 3 bytes = 11,995,200 bytes per video
     net_mb_s = rate * 10 * 476 * 840 * 3 / 1e6  # 833.0 MB/s
-    assert round(gpus_exact, 3) == 11.574 and round(decode_exact, 3) == 11.297 and round(actor_exact, 3) == 4.611
+    assert round(gpus_exact, 3) == 11.574 and round(decode_exact, 3) == 11.297 and round(actor_exact, 3) == 3.689
     assert round(net_mb_s, 1) == 833.0
 
     s = size_job(make_job(2_000_000, 8, clip="5s@480p", gpu="h100"))
@@ -57,11 +57,11 @@ def test_readme_example_by_hand():
     assert s.gpus_exact == pytest.approx(gpus_exact) and s.gpus == 12
     assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 12
     assert s.amounts["scoring actor CPU"] == pytest.approx(actor_exact)
-    assert s.cpu_cores_exact == pytest.approx(cpu_exact) and s.cpu_cores == 28
+    assert s.cpu_cores_exact == pytest.approx(cpu_exact) and s.cpu_cores == 27
     assert s.amounts["frames in transit"] == pytest.approx(net_mb_s)
     assert (s.nodes_for_gpus, s.nodes_for_decode, s.nodes) == (2, 1, 2)  # 12 / 8 -> 2; 12 / 16 -> 1
     assert s.decode_cores_per_gpu == pytest.approx(6.0 * decode_core_s)  # 0.98 cores keep one H100 busy
-    assert s.score_actor_cores_per_gpu == pytest.approx(6.0 * 0.066395)  # 0.40 of a core per GPU
+    assert s.score_actor_cores_per_gpu == pytest.approx(6.0 * 0.0531265)  # 0.32 of a core per GPU
     assert s.transit_mb_per_s_per_gpu == pytest.approx(6.0 * 11.9952)  # 72 MB/s = 0.58 Gbit/s per GPU
     assert s.tokens == {"visual": 2550, "prompt": 3192, "output": 300}
 
@@ -83,16 +83,16 @@ def test_long_1080p_clip_by_hand():
     # and decode.skip_nonref (the default) is 1.19x there
     decode_core_s = (1920 * 1080 * 300) / (1280 * 720 * 120 * 3.66 * 1.19) / 0.75  # 1.722 core-s per video
     decode_exact = rate * decode_core_s  # 47.83 -> 48
-    actor_exact = rate * (0.0131 + 20.9e-6 * visual)  # 163.6 ms per video -> 4.544 cores
+    actor_exact = rate * (0.0352 + 7.03e-6 * visual)  # 85.8 ms per video -> 2.384 cores
     assert round(flops / 1e12, 1) == 149.7 and round(gpu_rate, 3) == 2.470
-    assert round(gpus_exact, 3) == 11.245 and round(decode_exact, 2) == 47.83 and round(actor_exact, 3) == 4.544
+    assert round(gpus_exact, 3) == 11.245 and round(decode_exact, 2) == 47.83 and round(actor_exact, 3) == 2.384
 
     s = size_job(make_job(1_000_000, 10, clip="10s@1080p@30fps", gpus_per_node=4, decode_cores_per_node=64))
     assert s.tokens == {"visual": 7200, "prompt": 7842, "output": 300}
     assert s.gpu_videos_per_s == pytest.approx(gpu_rate)
     assert s.gpus_exact == pytest.approx(gpus_exact) and s.gpus == 12
     assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 48
-    assert s.cpu_cores_exact == pytest.approx(decode_exact + actor_exact + 12) and s.cpu_cores == 65
+    assert s.cpu_cores_exact == pytest.approx(decode_exact + actor_exact + 12) and s.cpu_cores == 63
     assert s.amounts["frames in transit"] == pytest.approx(rate * 20 * 560 * 1008 * 3 / 1e6)
     assert (s.nodes_for_gpus, s.nodes_for_decode, s.nodes) == (3, 1, 3)
     assert s.ceiling_videos_per_s == pytest.approx(800e12 / flops)
@@ -106,7 +106,7 @@ def test_given_gpu_rate_real_mix_skip_nonref_by_hand():
     s = size_job(make_job(500_000, 5, clip="real", gpu_videos_per_s=10, skip_nonref=True))
     assert s.gpus_exact == pytest.approx(gpus_exact) and s.gpus == 3
     assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 6
-    actor_exact = rate * (0.0131 + 20.9e-6 * 2550)  # the real mix is sized at the reference workload's tokens
+    actor_exact = rate * (0.0352 + 7.03e-6 * 2550)  # the real mix is sized at the reference workload's tokens
     assert s.cpu_cores == math.ceil(decode_exact + actor_exact + 3) == 11
     assert s.nodes == 1
     assert s.terms[0].status == "given"
@@ -159,7 +159,7 @@ def test_cli_table_and_json():
     r = _cli("--videos", "2000000", "--hours", "8", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert (d["gpus"], d["decode_cores"], d["cpu_cores"], d["nodes"]) == (12, 12, 28, 2)
+    assert (d["gpus"], d["decode_cores"], d["cpu_cores"], d["nodes"]) == (12, 12, 27, 2)
     assert d["gpu_rate_status"] == "ASSUMED" and d["gpu_videos_per_s"] == 6.0
     assert d["gpus_exact"] == pytest.approx(2e6 / 28800 / 6)
     assert [t["name"] for t in d["terms"]] == ["judge (vLLM)", "decode (PyAV)", "scoring actor CPU",

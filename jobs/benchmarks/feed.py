@@ -20,8 +20,9 @@ figure.
 
 Variants (`--feed-variants`, side by side in one run, each its own engine): `baseline` (vLLM defaults:
 multimodal processor cache on), `nocache` (`mm_processor_cache_gb=0`), `uuids` (cache off and
-caller-supplied `multi_modal_uuids`, so the frames are never hashed), and whatever VLLMEngine supports
-(see `VARIANTS`).
+caller-supplied `multi_modal_uuids`, so the frames are never hashed), ..., `lean` (every front-end option, vLLM
+still runs the HF video processor), `passthrough` (the engine's default: the video pre-processed by numpy in the
+actor, `engine.video_processor=numpy`, pipeline/engines/vllm_video.py); see `VARIANTS`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import statistics
 import threading
 import time
@@ -49,7 +51,7 @@ REFERENCE = "5s@480p"
 CLIPS = {"5s@480p": (854, 480, 5.0, 24.0), "10s@720p": (1280, 720, 10.0, 24.0), "10s@1080p": (1920, 1080, 10.0, 30.0)}
 
 # variant -> (engine_kwargs, VLLMEngine options)
-_OLD = {"mm_uuids": False, "detokenize": True, "flat_logprobs": False}
+_OLD = {"mm_uuids": False, "detokenize": True, "flat_logprobs": False, "video_processor": "hf"}
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # vLLM's defaults, as the engine ran before issue 15
     "baseline": ({"mm_processor_cache_gb": 4, "disable_log_stats": False}, dict(_OLD)),
@@ -57,8 +59,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "uuids": ({"mm_processor_cache_gb": 0, "disable_log_stats": False}, {**_OLD, "mm_uuids": True}),
     "nostats": ({"mm_processor_cache_gb": 0, "disable_log_stats": True}, {**_OLD, "mm_uuids": True}),
     "nodetok": ({"mm_processor_cache_gb": 0, "disable_log_stats": True}, {**_OLD, "mm_uuids": True, "detokenize": False}),
-    # the engine's defaults now: all of the above plus flat logprobs
-    "lean": ({}, {}),
+    # all of the above plus flat logprobs; vLLM runs the HF video processor (the engine's defaults before the pass-through)
+    "lean": ({}, {"video_processor": "hf"}),
+    # the engine's defaults now: lean + the video pre-processed by numpy in the actor, handed to vLLM as passthrough data
+    "passthrough": ({}, {"video_processor": "numpy"}),
 }
 
 # part key -> label, in table order; "sub" parts are inside the part named before them (not summed)
@@ -67,6 +71,8 @@ PARTS = [
     ("vllm_input", "vLLM input processing", False),
     ("hf_processor", "  of which HF video processor", True),
     ("mm_hash", "  of which multimodal hashing", True),
+    ("passthrough", "video pass-through (numpy patchify + vLLM's processor on passthrough data)", False),
+    ("patchify", "  of which numpy patchify", True),
     ("submit", "request submission (msgpack encode)", False),
     ("out_decode", "engine-core output messages (msgpack decode)", False),
     ("output", "output processing (detokenize, logprobs)", False),
@@ -80,7 +86,7 @@ PARTS = [
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--feed", action="store_true", help="measure the scoring actor's CPU per video by part")
     group.add_argument("--feed-clips", default=",".join(CLIPS), help=f"comma list of {', '.join(CLIPS)}")
-    group.add_argument("--feed-variants", default="baseline,nocache,uuids", help=f"comma list of {', '.join(VARIANTS)}")
+    group.add_argument("--feed-variants", default="baseline,lean,passthrough", help=f"comma list of {', '.join(VARIANTS)}")
     group.add_argument("--feed-videos", type=int, default=None, help="measured videos per clip size and variant (default 8 quick / 24)")
     group.add_argument("--feed-batch", type=int, default=4, help="videos per ScoreStage batch")
     group.add_argument("--feed-output-tokens", type=int, default=300, help="fixed output length (EOS ignored)")
@@ -160,6 +166,10 @@ class Meter:
         self.wrap(BaseIncrementalDetokenizer, "update", "detok")
         self.wrap(LogprobsProcessor, "update_from_output", "logprobs")
         self.wrap(VLLMEngine, "_digit_rows", "digits")
+        from pipeline.engines.vllm_video import VideoPassThrough
+
+        self.wrap(VideoPassThrough, "engine_input", "passthrough")
+        self.wrap(VideoPassThrough, "tensors", "patchify")
         self.wrap(ScoreStage, "_base", "rows")
         self.wrap(ScoreStage, "_fill_samples", "rows")
         self.wrap(score_mod, "rows_to_table", "rows")
@@ -303,6 +313,8 @@ def measure(stage: Any, meter: Meter, videos: list[Any], n: int, batch: int, sta
         bad = [r for r in rows if r["status"] != "ok"]
         if bad:
             raise RuntimeError(f"feed: a row failed: {bad[0]['error_stage']}: {bad[0]['error']}")
+        if any(r["from_cache"] or r["duplicate_of"] for r in rows):
+            raise RuntimeError("feed: a row came from the score cache: nothing was scored")
         out_tokens += sum(r["output_tokens"] or 0 for r in rows)
         prompt_tokens += sum(r["prompt_tokens"] or 0 for r in rows)
         done += k
@@ -350,7 +362,9 @@ def bench_feed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     meter.install()
     try:
         for vi, variant in enumerate(variants):
-            cfg = score_config(model, work / "feed-out" / variant, variant, args.feed_output_tokens, max_len, args.feed_batch)
+            out = work / "feed-out" / variant
+            shutil.rmtree(out, ignore_errors=True)  # a previous run's score cache would serve every row (no scoring)
+            cfg = score_config(model, out, variant, args.feed_output_tokens, max_len, args.feed_batch)
             t0 = time.perf_counter()
             engine = make_engine(cfg, variant, args.feed_output_tokens)
             print(f"[bench] feed: {variant}: engine up in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -369,32 +383,48 @@ def bench_feed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return res
 
 
-def transit(model: Path, frames: dict[str, list[Any]], reps: int = 3) -> dict[str, Any]:
+def transit(model: Path, frames: dict[str, list[Any]], reps: int = 5) -> dict[str, Any]:
     """Bytes per video between decode and scoring: the uint8 frames as the decode stage ships them (an Arrow
     variable-shaped tensor column, what goes into the object store) vs the HF processor's outputs
-    (`pixel_values_videos` float32 + `video_grid_thw`), and the processor's own thread CPU time standalone."""
+    (`pixel_values_videos` float32 + `video_grid_thw`); and each way of computing the model's video tensors alone
+    (thread CPU, median of `reps` after one warm-up call): the HF processor as vLLM calls it with device normalization (rescale and
+    normalize off: uint8 patches), the full HF processor (float32), our numpy `patchify` (uint8) and
+    `video_patches` (float32)."""
     import numpy as np
     from ray.data.extensions import ArrowVariableShapedTensorArray
     from transformers import AutoProcessor
 
     from pipeline.vs2.chat import VIDEO_PROCESSOR_KWARGS, nominal_video_metadata
+    from pipeline.vs2.processor import VideoProcessorSettings, patchify, video_patches
 
     proc = AutoProcessor.from_pretrained(str(model))
+    settings = VideoProcessorSettings.from_processor(proc.video_processor)
+
+    def timed(fn) -> tuple[float, Any]:
+        out = fn()  # warm-up: the first calls of a fresh process pay for new pages (seen: 15 ms -> 270 ms)
+        times = []
+        for _ in range(reps):
+            t0 = time.thread_time()
+            out = fn()
+            times.append((time.thread_time() - t0) * 1000)
+        return round(float(np.median(times)), 1), out
+
     out: dict[str, Any] = {}
     for clip, vids in frames.items():
         f = vids[0].frames
         arrow = ArrowVariableShapedTensorArray.from_numpy([f])
-        times = []
-        for _ in range(reps):
-            t0 = time.thread_time()
-            pv = proc.video_processor(videos=[f], video_metadata=[nominal_video_metadata(f)], return_tensors="pt",
-                                      **VIDEO_PROCESSOR_KWARGS)
-            times.append((time.thread_time() - t0) * 1000)
+        hf = lambda **kw: proc.video_processor(videos=[f], video_metadata=[nominal_video_metadata(f)],  # noqa: E731
+                                               return_tensors="pt", **VIDEO_PROCESSOR_KWARGS, **kw)
+        hf_u8_ms, _ = timed(lambda: hf(do_rescale=False, do_normalize=False))
+        hf_ms, pv = timed(hf)
+        np_u8_ms, _ = timed(lambda: patchify(f, settings))
+        np_ms, _ = timed(lambda: video_patches(f, settings))
         px = pv["pixel_values_videos"]
         out[clip] = {"uint8_bytes": int(f.nbytes), "arrow_bytes": int(arrow.nbytes),
                      "processed_bytes": int(px.numel() * px.element_size() + pv["video_grid_thw"].numel() * 8),
                      "processed_dtype": str(px.dtype), "processed_shape": list(px.shape),
-                     "hf_processor_ms_standalone": round(float(np.median(times)), 1)}
+                     "hf_processor_ms_standalone": hf_ms, "hf_uint8_ms_standalone": hf_u8_ms,
+                     "numpy_uint8_ms_standalone": np_u8_ms, "numpy_float32_ms_standalone": np_ms}
     return out
 
 
@@ -436,12 +466,15 @@ def report(res: dict[str, Any]) -> list[str]:
         lines.append("")
     if feed.get("transit"):
         lines += ["### Frames in transit, per video (decode -> scoring) and at 14 videos/s per GPU", "",
-                  "| clip | uint8 frames (Arrow block) | processed float32 pixel_values_videos | ratio | at 14 videos/s: uint8 / processed | HF processor alone (thread CPU) |",
+                  "| clip | uint8 frames (Arrow block) | processed float32 pixel_values_videos | ratio | at 14 videos/s: uint8 / processed "
+                  "| alone, thread CPU ms: HF uint8 (vLLM's call) / HF float32 / numpy uint8 / numpy float32 |",
                   "|---|---|---|---|---|---|"]
         for clip, t in feed["transit"].items():
             u, p = t["arrow_bytes"], t["processed_bytes"]
+            alone = " / ".join(fmt(t.get(k, float("nan")), 1) for k in ("hf_uint8_ms_standalone", "hf_processor_ms_standalone",
+                                                                      "numpy_uint8_ms_standalone", "numpy_float32_ms_standalone"))
             lines.append(f"| {clip} | {u / 1e6:.1f} MB | {p / 1e6:.1f} MB | {p / u:.2f}x | "
-                         f"{u * 14 * 8 / 1e9:.2f} / {p * 14 * 8 / 1e9:.2f} Gbit/s | {t['hf_processor_ms_standalone']:.0f} ms |")
+                         f"{u * 14 * 8 / 1e9:.2f} / {p * 14 * 8 / 1e9:.2f} Gbit/s | {alone} |")
         lines.append("")
     ref = reference_ms(feed)
     if ref is not None:

