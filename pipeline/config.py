@@ -58,7 +58,7 @@ class StorageOptions(_Model):
         if protocol not in ("s3", "s3a"):
             return {}
         kw: dict[str, Any] = {"anon": self.anon,
-                              "config_kwargs": {"retries": {"max_attempts": self.retries, "mode": "standard"},
+                              "config_kwargs": {"retries": {"total_max_attempts": self.retries, "mode": "standard"},
                                                 "connect_timeout": self.timeout_s, "read_timeout": self.timeout_s}}
         if self.endpoint_url:
             kw["endpoint_url"] = self.endpoint_url
