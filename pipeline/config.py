@@ -50,8 +50,14 @@ class StorageOptions(_Model):
     profile: str | None = Field(None, description="AWS profile name from ~/.aws/credentials.")
     anon: bool = Field(False, description="Anonymous (unsigned) access for public buckets.")
     region: str | None = Field(None, description="Bucket region, when not discoverable.")
-    retries: int = Field(10, ge=1, description="Attempts per S3 request: botocore retries 5xx/throttling with backoff "
-                         "('standard' mode) and s3fs retries connection resets/timeouts/SlowDown.")
+    retries: int = Field(20, ge=1, description=(
+        "Attempts per S3 request, in each of two layers: botocore ('standard' mode: 5xx, throttling, connection errors; "
+        "backoff rand(0, min(2^n, 20)) s) and, once botocore gives up, s3fs's loop (SlowDown, 5xx, resets; waits "
+        "min(0.1 x 1.7^n, 15) s). botocore stops retrying when its per-client retry quota is spent (500 tokens, 5 per "
+        "throttled retry: within seconds of a storm in a busy process), so s3fs's loop is what rides a storm out: N "
+        "attempts span about 29 + 15 x (N - 10) s, 20 ~ 3 min. The default survives a minute of 80% SlowDown "
+        "(tests/test_storage_faults.py; with 10, ~1% of requests in a busy process gave up after ~30 s and became "
+        "read-error rows or failed writes). Raise it for longer storms; every retry is counted in the summary."))
     timeout_s: float = Field(60.0, gt=0, description="Connect and read timeout per S3 request.")
 
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:

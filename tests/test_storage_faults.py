@@ -188,8 +188,15 @@ def _slowdown_storm(s3, tmp_path, name: str, storm_s: float, copies: int, retrie
         failed, forwarded = proxy.counts["503"], proxy.counts["forwarded"]
     got = _scores(f"s3://vscore-test/{name}/storm", direct)
     assert set(got) == set(reference) and summary["rows_out"] == n
-    bad = [rid for rid in reference if got[rid] != reference[rid]]
-    assert not bad, [(got[r]["status"], got[r]["error"]) for r in bad[:5]]
+    # Which of two identical clips is scored and which copies it (duplicate_of, with no tokens of its own) depends
+    # on batch order: compare those columns as counts, everything else row by row.
+    order = ("duplicate_of", "prompt_tokens", "output_tokens")
+    bad = [rid for rid in reference if {k: v for k, v in got[rid].items() if k not in order}
+           != {k: v for k, v in reference[rid].items() if k not in order}]
+    for k in ("prompt_tokens", "output_tokens"):
+        assert sorted(r[k] or 0 for r in got.values()) == sorted(r[k] or 0 for r in reference.values()), k
+    assert sum(r["duplicate_of"] is None for r in got.values()) == sum(r["duplicate_of"] is None for r in reference.values())
+    assert not bad, [{k: (got[r][k], reference[r][k]) for k in reference[r] if got[r][k] != reference[r][k]} for r in bad[:5]]
     retries = summary["storage_retries"]
     assert failed >= 3, proxy.counts  # the storm really failed requests (botocore backs off: few requests get through to fail)
     assert retries["total"] == sum(retries["by_layer"].values()) == sum(retries["by_stage"].values())
