@@ -143,7 +143,7 @@ def _scores(url: str, storage: StorageOptions) -> dict[str, dict]:
     return out
 
 
-def _slowdown_storm(s3, tmp_path, name: str, storm_s: float, copies: int, retries: int | None = None) -> dict:
+def _slowdown_storm(s3, tmp_path, name: str, storm_s: float, copies: int) -> dict:
     """Pack `copies` x the bundled clips, score them once without faults (the reference), then again through the
     fault proxy answering 80% of all requests 503 SlowDown for `storm_s` seconds from the run's first shard read (so it
     hits the run in full flow: reads, in-flight markers, data files, commit markers, state folds), then none. The stormy run must give every row
@@ -161,7 +161,7 @@ def _slowdown_storm(s3, tmp_path, name: str, storm_s: float, copies: int, retrie
     n = sum(s["samples"] for s in shards)
 
     def cfg(endpoint: str, out: str) -> ScoreConfig:
-        store = {"endpoint_url": endpoint, **({"retries": retries} if retries else {})}
+        store = {"endpoint_url": endpoint}  # the default retry budget (StorageOptions.retries)
         return ScoreConfig.model_validate({
             "input": {"shards": f"s3://vscore-test/{name}/shards/shard-*.tar", "storage": store, "samples_per_block": 2},
             "decode": {"actors": 1, "num_cpus": 0.25, "batch_size": 2, "max_pixels": 50176, "min_pixels": 3136},
