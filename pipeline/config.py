@@ -309,6 +309,12 @@ class RayConfig(_Model):
                                              "decode actor's CPUs/GPUs/custom resources) fails at start with one line naming what is missing, and "
                                              "a run whose cluster has had no such node for this many seconds (the node was lost) stops with one "
                                              "line; a rerun resumes. None = wait for capacity forever (autoscaling clusters whose groups start at 0).")
+    no_progress_timeout_s: float | None = Field(1800.0, gt=0, description=(
+        "Stop the run with one line when no stage has taken or produced a block for this many seconds (Ray Data's "
+        "execution_no_progress_timeout_s; its default). Catches what capacity_timeout_s cannot: a lost node whose actors "
+        "Ray restarts on survivors that offer every resource kind but not the room for them, which leaves their "
+        "batches waiting forever (measured: docs/cluster.md). Keep it above the slowest batch (a scoring batch of long "
+        "clips); None = never."))
 
 
 class ScoreConfig(_Model):

@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 import ray
+from ray.data.exceptions import ExecutionTimeoutError
 
 from pipeline.run import resume, stats
 from pipeline.config import ScoreConfig
@@ -82,6 +83,7 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     plan = plan or make_plan(cfg, ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
+    ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s or -1
     locality = cfg.ray.actor_locality
     ctx.execution_options.actor_locality_enabled = (not _STARTED_LOCAL_RAY) if locality is None else locality
     index = {s: i for i, s in enumerate(all_shards or shards)}
@@ -246,6 +248,13 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
             done = resume.load_state(cfg).committed_rows
             raise CapacityError(f"run {run_id} stopped: {lost[0]}; {done} rows committed under {cfg.output.path}; "
                                 "rerun the same command to resume once the cluster has the capacity") from None
+        except ExecutionTimeoutError:
+            # nothing moved for ray.no_progress_timeout_s: e.g. a lost node's actors restarted where there is no room
+            stop.set()
+            done = resume.load_state(cfg).committed_rows
+            raise CapacityError(f"run {run_id} stopped: no progress for {cfg.ray.no_progress_timeout_s:g} s (ray.no_progress_timeout_s; "
+                                f"a lost node's work waiting for room on the surviving nodes?); {done} rows committed under "
+                                f"{cfg.output.path}; rerun the same command to resume") from None
         except NODE_LOSS_ERRORS as exc:
             # Ray Data gives up on a map task whose actor sat on a lost node once its retries are spent (an actor
             # that cannot be restarted anywhere makes every retry fail at once): one line, not a Ray traceback.
