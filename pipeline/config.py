@@ -50,15 +50,21 @@ class StorageOptions(_Model):
     profile: str | None = Field(None, description="AWS profile name from ~/.aws/credentials.")
     anon: bool = Field(False, description="Anonymous (unsigned) access for public buckets.")
     region: str | None = Field(None, description="Bucket region, when not discoverable.")
-    retries: int = Field(10, ge=1, description="Attempts per S3 request: botocore retries 5xx/throttling with backoff "
-                         "('standard' mode) and s3fs retries connection resets/timeouts/SlowDown.")
+    retries: int = Field(20, ge=1, description=(
+        "Attempts per S3 request, in each of two layers: botocore ('standard' mode: 5xx, throttling, connection errors; "
+        "backoff rand(0, min(2^n, 20)) s) and, once botocore gives up, s3fs's loop (SlowDown, 5xx, resets; waits "
+        "min(0.1 x 1.7^n, 15) s). botocore stops retrying when its per-client retry quota is spent (500 tokens, 5 per "
+        "throttled retry: within seconds of a storm in a busy process), so s3fs's loop is what rides a storm out: N "
+        "attempts span about 29 + 15 x (N - 10) s, 20 ~ 3 min. The default survives a minute of 80% SlowDown "
+        "(tests/test_storage_faults.py; with 10, ~1% of requests in a busy process gave up after ~30 s and became "
+        "read-error rows or failed writes). Raise it for longer storms; every retry is counted in the summary."))
     timeout_s: float = Field(60.0, gt=0, description="Connect and read timeout per S3 request.")
 
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
         if protocol not in ("s3", "s3a"):
             return {}
         kw: dict[str, Any] = {"anon": self.anon,
-                              "config_kwargs": {"retries": {"max_attempts": self.retries, "mode": "standard"},
+                              "config_kwargs": {"retries": {"total_max_attempts": self.retries, "mode": "standard"},
                                                 "connect_timeout": self.timeout_s, "read_timeout": self.timeout_s}}
         if self.endpoint_url:
             kw["endpoint_url"] = self.endpoint_url
@@ -310,6 +316,12 @@ class RayConfig(_Model):
                                              "decode actor's CPUs/GPUs/custom resources) fails at start with one line naming what is missing, and "
                                              "a run whose cluster has had no such node for this many seconds (the node was lost) stops with one "
                                              "line; a rerun resumes. None = wait for capacity forever (autoscaling clusters whose groups start at 0).")
+    no_progress_timeout_s: float | None = Field(1800.0, gt=0, description=(
+        "Stop the run with one line when no stage has taken or produced a block for this many seconds (Ray Data's "
+        "execution_no_progress_timeout_s; its default). Catches what capacity_timeout_s cannot: a lost node whose actors "
+        "Ray restarts on survivors that offer every resource kind but not the room for them, which leaves their "
+        "batches waiting forever (measured: docs/cluster.md). Keep it above the slowest batch (a scoring batch of long "
+        "clips); None = never."))
 
 
 class ScoreConfig(_Model):

@@ -112,7 +112,7 @@ class Cluster:
     """A head (2 CPUs) and a "GPU" worker (2 CPUs + scorer) on 127.0.0.1, each `ray start --block` in its own
     session with its own temp dir and free ports."""
 
-    def __init__(self) -> None:
+    def __init__(self, head_resources: dict[str, float] | None = None) -> None:
         self.temp = tempfile.mkdtemp(prefix="vscf", dir="/tmp")  # short: unix socket paths < 108 chars
         self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
         self.env.update(JOB_ENV, PYTHONPATH=str(REPO))
@@ -125,6 +125,9 @@ class Cluster:
                f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
                f"--metrics-export-port={mport}", "--num-cpus=2", f"--object-store-memory={300 * 1024**2}",
                f"--temp-dir={self.temp}", "--disable-usage-stats"]
+        if head_resources:
+            cmd.append(f"--resources={json.dumps(head_resources)}")
+        self.head_scorer = "scorer" in (head_resources or {})
         self.head = self._popen(cmd, "head")
         atexit.register(self.stop)
         _wait_dashboard(self.address, self.head, Path(self.temp) / "head.log")
@@ -138,13 +141,18 @@ class Cluster:
     def start_worker(self) -> None:
         agent, mport, mgr = _free_ports(3)
         ray = str(Path(sys.executable).with_name("ray"))
-        # the worker joins the head's session (its temp dir is the head's: one Ray session per cluster)
+        # the worker joins the head's session but keeps its files in a temp dir of its own, as a node on another
+        # machine does: with one shared dir, the worker's runtime-env agent unpacked the job's working dir over the
+        # head's copy while the driver ran, and the driver's next lazy import failed (No module named ...)
+        wtemp = Path(self.temp) / f"w{int(time.time()) % 10000}"
         cmd = [ray, "start", "--block", f"--address={self.gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+               f"--temp-dir={wtemp}",
                '--resources={"scorer": 1}', f"--object-store-memory={300 * 1024**2}", f"--dashboard-agent-listen-port={agent}",
                f"--metrics-export-port={mport}", f"--node-manager-port={mgr}", "--disable-usage-stats"]
+        want = 2 if self.head_scorer else 1  # the head's own `scorer` counts too
         self.worker = self._popen(cmd, "worker")
         deadline = time.time() + 180
-        while self.scorer_nodes() < 1:
+        while self.scorer_nodes() < want:
             if self.worker.poll() is not None or time.time() > deadline:
                 pytest.fail(f"worker did not join:\n{(Path(self.temp) / 'worker.log').read_text()[-3000:]}")
             time.sleep(1)

@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 import ray
+from ray.data.exceptions import ExecutionTimeoutError
 
 from pipeline.run import resume, stats
 from pipeline.config import ScoreConfig
@@ -82,6 +83,7 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     plan = plan or make_plan(cfg, ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
+    ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s or -1
     locality = cfg.ray.actor_locality
     ctx.execution_options.actor_locality_enabled = (not _STARTED_LOCAL_RAY) if locality is None else locality
     index = {s: i for i, s in enumerate(all_shards or shards)}
@@ -154,8 +156,9 @@ def _progress(stats_handle: Any, every_s: float, stop: threading.Event, total_sh
         total = f"/~{p['est_total']:.0f}" if p["est_total"] is not None else ""
         skip = (f", {p['prefiltered']} skipped by the prefilter"
                 + (f" (~{p['gpu_s_saved']:.0f} GPU-s saved)" if p["gpu_s_saved"] is not None else "")) if p["prefiltered"] else ""
-        log.info("progress: %d%s rows scored, %.2f videos/s, %.1f output tok/s, %d errors%s, ETA %s",
-                 p["rows_scored"], total, p["videos_per_s"], p["output_tokens_per_s"], p["errors"], skip, eta)
+        retries = f", {p['storage_retries']:.0f} storage retries" if p["storage_retries"] else ""
+        log.info("progress: %d%s rows scored, %.2f videos/s, %.1f output tok/s, %d errors%s%s, ETA %s",
+                 p["rows_scored"], total, p["videos_per_s"], p["output_tokens_per_s"], p["errors"], skip, retries, eta)
 
 
 def _fold_state(cfg: ScoreConfig, every_s: float, stop: threading.Event) -> None:
@@ -179,6 +182,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
     (read, decode, engine) so they are scored again (`pipeline.run.retry`)."""
     cfg = absolute_paths(cfg)  # nothing below (nor in workers, whose cwd differs) depends on the cwd
     run_id = cfg.resolved_run_id()
+    stats.storage_retries("driver")  # this process's retries before this run are not this run's
     if cfg.input.manifest:  # blocks of manifest rows play the part of shards from here on
         all_shards = plan_blocks(list_shards(cfg.input.manifest, cfg.input.storage), cfg.input)
         if not all_shards:
@@ -244,6 +248,13 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
             done = resume.load_state(cfg).committed_rows
             raise CapacityError(f"run {run_id} stopped: {lost[0]}; {done} rows committed under {cfg.output.path}; "
                                 "rerun the same command to resume once the cluster has the capacity") from None
+        except ExecutionTimeoutError:
+            # nothing moved for ray.no_progress_timeout_s: e.g. a lost node's actors restarted where there is no room
+            stop.set()
+            done = resume.load_state(cfg).committed_rows
+            raise CapacityError(f"run {run_id} stopped: no progress for {cfg.ray.no_progress_timeout_s:g} s (ray.no_progress_timeout_s; "
+                                f"a lost node's work waiting for room on the surviving nodes?); {done} rows committed under "
+                                f"{cfg.output.path}; rerun the same command to resume") from None
         except NODE_LOSS_ERRORS as exc:
             # Ray Data gives up on a map task whose actor sat on a lost node once its retries are spent (an actor
             # that cannot be restarted anywhere makes every retry fail at once): one line, not a Ray traceback.
@@ -284,16 +295,28 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
         from pipeline.run.compact import compact
 
         compact(cfg, final)
+    counters = dict(counters)
+    if todo:  # the write tasks' retries come back with their results; the driver's own are counted here
+        _add_retries(counters, sink.result.get("storage_retries", {}), "write")
+    for k, v in stats.storage_retries("driver").items():
+        counters[k] = counters.get(k, 0) + v
     summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=state.committed_rows)
     if retried is not None:
         summary["retried"] = retried
     out_fs, out_root = filesystem(cfg.output.path, cfg.output.storage)
     out_fs.makedirs(f"{out_root}/{SUMMARY_DIR}", exist_ok=True)
     out_fs.pipe_file(f"{out_root}/{SUMMARY_DIR}/summary-{run_id}.json", json.dumps(summary, indent=2).encode())
-    log.info("done: %d rows in, %d ok, %d errors, %d skipped by the prefilter%s", summary["rows_in"], summary["ok"],
-             summary["errors"], summary["skipped"], "" if summary["prefilter"]["gpu_s_saved"] is None else
+    log.info("done: %d rows in, %d ok, %d errors, %d skipped by the prefilter, %d storage retries%s", summary["rows_in"],
+             summary["ok"], summary["errors"], summary["skipped"], summary["storage_retries"]["total"], "" if summary["prefilter"]["gpu_s_saved"] is None else
              f" (~{summary['prefilter']['gpu_s_saved']:.1f} GPU-s saved at {summary['prefilter']['engine_s_per_video']:.3f} s per video)")
     return summary
+
+
+def _add_retries(counters: dict[str, Any], by_layer: dict[str, int], where: str) -> None:
+    for layer, n in by_layer.items():
+        counters[f"storage_retries:{layer}"] = counters.get(f"storage_retries:{layer}", 0) + n
+    if by_layer:
+        counters[f"storage_retries@{where}"] = counters.get(f"storage_retries@{where}", 0) + sum(by_layer.values())
 
 
 def _remove_inflight(cfg: ScoreConfig) -> None:
@@ -454,6 +477,9 @@ def summarize(cfg: ScoreConfig, run_id: str, shards: list[str], wall_s: float, c
         "errors_by_stage": totals["errors_by_stage"], "parse_modes": totals["parse_modes"], "rows_this_invocation": new_rows, "rows_resumed": resumed_rows,
         "wall_s": round(wall_s, 2), "videos_per_s": round(new_rows / wall_s, 3) if wall_s > 0 and new_rows else None,
         "output_tokens": totals["output_tokens"], "prompt_tokens": int(counters.get("prompt_tokens", 0)),
+        # this invocation's S3 retries (counters of the live run, like prompt_tokens: they describe how the storage
+        # behaved during this invocation, not the rows, so they are not carried in commit markers across resumes)
+        "storage_retries": stats.retry_summary(counters),
         "engine": cfg.engine.kind, "model": cfg.engine.model, "template": cfg.prompt.template,
         "config_fingerprint": cfg.scoring_fingerprint(),
     }

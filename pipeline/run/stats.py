@@ -8,7 +8,8 @@ reached never fails a stage: counters are observability, not correctness.
 Exported as `vscore_<name>`, which Prometheus sees as `ray_vscore_<name>` (Ray's prefix; counters get
 `_total`), each with a run_id label: rows_read, rows_scored, rows_ok, errors{stage}, rows_prefiltered,
 prefilter_skips{condition} (rows the prefilter kept from the engine, in all and per failed condition),
-engine_seconds (engine wall seconds summed over the rows it scored), output_tokens, prompt_tokens (counters)
+engine_seconds (engine wall seconds summed over the rows it scored), output_tokens, prompt_tokens,
+storage_retries{layer} (S3 requests sent again after a failed attempt, by botocore or s3fs; pipeline.storage) (counters)
 and videos_per_s, output_tokens_per_s, eta_s, gpu_s_saved (gauges set by the driver).
 Per-operator queue depths and task counts come from Ray Data's own `ray_data_*` metrics.
 """
@@ -39,6 +40,8 @@ class RunStats:
         self.counters["engine_s"] = Counter("vscore_engine_seconds", description="engine seconds summed over the rows the engine scored",
                                             tag_keys=tags)
         self.errors = Counter("vscore_errors", description="error rows by stage", tag_keys=("run_id", "stage"))
+        self.retries = Counter("vscore_storage_retries", description="S3 requests sent again after a failed attempt, by retry layer",
+                               tag_keys=("run_id", "layer"))
         self.skips = Counter("vscore_prefilter_skips", description="rows skipped by the prefilter, by failed condition",
                              tag_keys=("run_id", "condition"))
         self.gauges = {name: Gauge(f"vscore_{name}", description=desc, tag_keys=tags) for name, desc in [
@@ -55,6 +58,8 @@ class RunStats:
                 self.errors.inc(v, tags={**self.tags, "stage": k[len("errors_"):]})
             elif k.startswith("skipped:") and v:
                 self.skips.inc(v, tags={**self.tags, "condition": k[len("skipped:"):]})
+            elif k.startswith("storage_retries:") and v:
+                self.retries.inc(v, tags={**self.tags, "layer": k[len("storage_retries:"):]})
 
     def set_gauges(self, values: dict[str, float]) -> None:
         for k, v in values.items():
@@ -86,8 +91,28 @@ def progress(s: dict[str, Any], total_shards: int) -> dict[str, Any]:
     prefiltered = s.get("rows_prefiltered", 0)
     return {"rows_scored": done, "videos_per_s": rate, "output_tokens_per_s": s.get("output_tokens", 0) / el,
             "errors": sum(v for k, v in s.items() if k.startswith("errors_")),
+            "storage_retries": sum(v for k, v in s.items() if k.startswith("storage_retries:")),
             "eta_s": remaining / rate if remaining is not None and rate > 0 else None, "est_total": est_total,
             "prefiltered": prefiltered, "gpu_s_saved": gpu_seconds_saved(prefiltered, s.get("engine_s", 0.0), s.get("engine_rows", 0))}
+
+
+def storage_retries(where: str) -> dict[str, float]:
+    """This process's storage retries since its last report (`pipeline.storage.take_retries`) as counter deltas:
+    `storage_retries:<layer>` (botocore, s3fs) and `storage_retries@<where>` (the stage that made them)."""
+    from pipeline.storage import take_retries
+
+    taken = take_retries()
+    out: dict[str, float] = {f"storage_retries:{layer}": n for layer, n in taken.items()}
+    if taken:
+        out[f"storage_retries@{where}"] = sum(taken.values())
+    return out
+
+
+def retry_summary(counts: dict[str, Any]) -> dict[str, Any]:
+    """The summary's `storage_retries` from summed counter deltas: total, per layer and per stage."""
+    layers = {k.split(":", 1)[1]: int(v) for k, v in counts.items() if k.startswith("storage_retries:") and v}
+    where = {k.split("@", 1)[1]: int(v) for k, v in counts.items() if k.startswith("storage_retries@") and v}
+    return {"total": sum(layers.values()), "by_layer": layers, "by_stage": where}
 
 
 def gpu_seconds_saved(skipped: int, engine_s: float, engine_rows: int) -> float | None:

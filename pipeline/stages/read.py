@@ -222,9 +222,17 @@ def read_shards_batch(batch: dict[str, Any], cfg: InputConfig, stats_name: str |
     When the shard has been listed to its end, its row ids are recorded in `manifest_dir` so a later
     run can skip the whole shard once all of them are committed."""
     from pipeline.run.resume import write_shard_manifest
-    from pipeline.run.stats import Reporter
+    from pipeline.run.stats import Reporter, storage_retries
 
     report = Reporter(stats_name)
+    try:
+        yield from _read_shards(batch, cfg, report, manifest_dir, manifest_storage, write_shard_manifest)
+    finally:  # also when the task fails: its retries happened (the next task in this process would report them late)
+        report(storage_retries("read"))
+
+
+def _read_shards(batch: dict[str, Any], cfg: InputConfig, report: Any, manifest_dir: str | None,
+                 manifest_storage: StorageOptions | None, write_shard_manifest: Any) -> Iterator[dict[str, list[Any]]]:
     skips = batch.get("skip", [None] * len(batch["shard"]))
     for shard, group, skip in zip(batch["shard"], batch["shard_group"], skips):
         skip_set = set(skip) if skip is not None else set()

@@ -24,7 +24,7 @@ from pipeline.engines.registry import make_engine
 from pipeline.vs2.parse import parse_output
 from pipeline.schema import OUTPUT_SCHEMA, PREFILTER_COLUMNS, make_seed, one_line, rows_to_table
 from pipeline.vs2.soft_score import soft_scores
-from pipeline.run.stats import Reporter
+from pipeline.run.stats import Reporter, storage_retries
 from pipeline.stages.prefilter import skip_conditions
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class ScoreStage:
                 self._finish(rows, groups, left)
             finally:
                 self.cache.release(left, [rows[groups[k][0]]["row_id"] for k in left])
-        self.report(_counts(rows))
+        self.report({**_counts(rows), **storage_retries("score")})  # in-flight markers, the score cache
         return rows_to_table(rows)
 
     def _score(self, rows: list[dict[str, Any]], batch: dict[str, Any], idx: list[int]) -> None:

@@ -30,7 +30,7 @@ from ray.data.datasource.datasink import Datasink
 from pipeline.config import OutputConfig
 from pipeline.schema import OUTPUT_SCHEMA
 from pipeline.stages.prefilter import skip_conditions
-from pipeline.storage import filesystem, put_atomic, refused
+from pipeline.storage import filesystem, put_atomic, refused, take_retries
 
 COMMITS_DIR = "_vscore/commits"
 
@@ -143,14 +143,19 @@ class CommittedParquetSink(Datasink):
         final = f"{commit_dir(root, self.run_id)}/{digest}.json"
         with refused(fs, final):
             put_atomic(fs, final, json.dumps(marker).encode())
-        return {"rows": table.num_rows, "errors_by_stage": dict(stages), "output_tokens": marker["output_tokens"]}
+        # retries travel with the task's result (not fire-and-forget to the stats actor): counted before the run ends
+        return {"rows": table.num_rows, "errors_by_stage": dict(stages), "output_tokens": marker["output_tokens"],
+                "storage_retries": take_retries()}
 
     def on_write_complete(self, write_result: Any) -> None:
         rows = 0
         errs: Counter[str] = Counter()
         tokens = 0
+        retries: Counter[str] = Counter()
         for r in write_result.write_returns:
             rows += r.get("rows", 0)
             errs.update(r.get("errors_by_stage", {}))
             tokens += r.get("output_tokens", 0)
-        self.result = {"rows_written": rows, "errors_by_stage": dict(errs), "output_tokens": tokens}
+            retries.update(r.get("storage_retries", {}))
+        self.result = {"rows_written": rows, "errors_by_stage": dict(errs), "output_tokens": tokens,
+                       "storage_retries": dict(retries)}

@@ -303,8 +303,8 @@ def throughput(df, summaries: list[dict[str, Any]]) -> dict[str, Any]:
                     "p50_s": float(np.percentile(v, 50)) if v.size else None,
                     "p95_s": float(np.percentile(v, 95)) if v.size else None,
                     "per_actor_videos_per_s": float(1 / v.mean()) if v.size else None}
-    out["runs"] = [{k: s.get(k) for k in ("run_id", "rows_out", "wall_s", "videos_per_s", "output_tokens", "engine")}
-                   for s in summaries]
+    out["runs"] = [{**{k: s.get(k) for k in ("run_id", "rows_out", "wall_s", "videos_per_s", "output_tokens", "engine")},
+                    "storage_retries": (s.get("storage_retries") or {}).get("total")} for s in summaries]
     return out
 
 
@@ -570,7 +570,7 @@ def build_report(table: pa.Table, summaries: list[dict[str, Any]] | None = None,
     if tp["runs"]:
         parts.append(_table(tp["runs"], [("run_id", "run"), ("rows_out", "rows"), ("wall_s", "wall s"),
                                          ("videos_per_s", "videos/s"), ("output_tokens", "output tokens"),
-                                         ("engine", "engine")], digits=3))
+                                         ("engine", "engine"), ("storage_retries", "S3 retries")], digits=3))
     timing = [{"column": c, **{k: tp[c][k] for k in ("rows", "mean_s", "p50_s", "p95_s", "per_actor_videos_per_s", "total_s")}}
               for c in ("decode_s", "score_s")]
     if tp["decode_s"]["rows"] or tp["score_s"]["rows"]:
