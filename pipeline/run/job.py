@@ -104,7 +104,7 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     d = cfg.decode
     ds = ds.map_batches(DecodeStage, fn_constructor_args=(d, cfg.prefilter), batch_size=d.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(min_size=plan.decode_actors_min, max_size=plan.decode_actors_max),
-                        num_cpus=d.num_cpus)
+                        num_cpus=d.num_cpus, memory=d.memory)
     # 3. score: accelerator actors owning one engine each. Both pools run with a minimum of 1: a cluster smaller
     # than planned (or one that lost a node) runs with what fits; a fixed size waits for a scale-up that a
     # static cluster never does.
