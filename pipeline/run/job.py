@@ -244,6 +244,14 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
             done = resume.load_state(cfg).committed_rows
             raise CapacityError(f"run {run_id} stopped: {lost[0]}; {done} rows committed under {cfg.output.path}; "
                                 "rerun the same command to resume once the cluster has the capacity") from None
+        except ray.exceptions.OutOfMemoryError as exc:
+            # Ray's memory monitor killed workers and Ray Data gave up (an actor killed in its constructor fails
+            # the execution at once; tasks and actor calls are retried): one line, not a Ray traceback.
+            done = resume.load_state(cfg).committed_rows
+            first = " ".join(str(exc).split("\n")[0].split())
+            raise CapacityError(f"run {run_id} stopped: Ray's memory monitor killed workers ({first}); {done} rows committed under "
+                                f"{cfg.output.path}; lower decode.batch_size or decode.actors (or give the nodes more memory) and "
+                                "rerun the same command to resume") from None
         except NODE_LOSS_ERRORS as exc:
             # Ray Data gives up on a map task whose actor sat on a lost node once its retries are spent (an actor
             # that cannot be restarted anywhere makes every retry fail at once): one line, not a Ray traceback.
