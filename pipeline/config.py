@@ -145,6 +145,13 @@ class DecodeConfig(_Model):
     batch_size: int = Field(8, ge=1, description="Videos per decode batch (map_batches batch_size): one output block of frames "
                             "(~12 MB per 5 s clip at the reference size). Fewer, larger blocks cost Ray less per video (docs/performance.md).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
+    memory: int | None = Field(5 * 2**29, ge=1, description="Bytes of Ray's `memory` resource reserved per decode actor (default 2.5 GiB; a "
+                               "scheduling reservation: a node hosts only as many decode actors as its memory resource holds; Ray does not "
+                               "cap the process). A decode actor's peak RSS is ~0.6 GiB + 2 x batch_size x one clip's kept frames (frames x "
+                               "height x width x 3 bytes; the batch is copied once into the output block): measured 704 MiB at batch_size 1 "
+                               "and 905 MiB at 2 for 30 s 1080p clips (60 frames at 1008x560 = 97 MiB each; docs/cluster.md). The default "
+                               "covers batch_size 8 of clips up to ~120 MiB of frames; longer clips (up to total_pixels: ~258 MiB of "
+                               "frames) need a smaller batch_size or more memory. None = no reservation.")
     actors: int | Literal["auto"] = Field(1, description="Decode actors (max of the autoscaling range); 'auto' = actors_per_engine x scoring actors, capped by the cluster's CPUs.")
     min_actors: int | None = Field(None, ge=1, description="Lower bound of the decode actor pool (default 1: the pool shrinks to what survives a lost node).")
     actors_per_engine: float = Field(4.0, gt=0, description="Decode actors per scoring actor when actors='auto' "
@@ -365,7 +372,7 @@ NOT_ROW_AFFECTING = frozenset({
     "input.shards", "input.manifest", "input.storage", "input.samples_per_block", "input.limit", "input.read_num_cpus",
     "input.fetch_concurrency",
     "decode.threads", "decode.skip_nonref", "decode.batch_size", "decode.num_cpus", "decode.actors",
-    "decode.min_actors", "decode.actors_per_engine",
+    "decode.min_actors", "decode.actors_per_engine", "decode.memory",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
     "engine.max_restarts", "engine.max_task_retries", "engine.resources", "engine.video_processor",

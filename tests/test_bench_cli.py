@@ -18,7 +18,8 @@ PKG = JOBS / "benchmarks"
 # every flag `jobs/bench.py` has taken so far: scripts and docs use them
 FLAGS = ["--quick", "--out", "--no-write", "--sections", "--workdir", "--reps", "--pipeline-reps", "--pipeline-set",
          "--memory-sizes", "--variant", "--load-threshold", "--max-wait", "--gpu", "--gpu-engines", "--gpu-videos",
-         "--gpu-output-tokens", "--gpu-hf-batch", "--gpu-vllm-max-num-seqs", "--gpu-dry-cpu", "--_decode-child"]
+         "--gpu-output-tokens", "--gpu-hf-batch", "--gpu-vllm-max-num-seqs", "--gpu-dry-cpu", "--soak", "--soak-minutes",
+         "--soak-rate", "--_decode-child"]
 HEAVY = ("torch", "ray", "av", "numpy", "vllm", "transformers", "psutil", "pipeline", "qwen_vl_utils", "decord")
 
 
@@ -96,3 +97,18 @@ def test_package_shape():
 
     for m in graph:
         visit(m, [])
+
+
+def test_soak_check_is_the_10_minute_plus_minus_10_percent_rule(modes):
+    soak = modes.load("soak")
+
+    def row(t, v):
+        return {"t_min": t, **{k: v for k in soak.SERIES}}
+
+    flat = [row(t, 100.0 + (t % 3)) for t in range(0, 61)]
+    c = soak.check(flat)
+    assert all(c[k]["pass"] and c[k]["at_10"] == 101.0 for k in soak.SERIES)
+    leak = [row(t, 100.0 + t) for t in range(0, 61)]  # +1 MiB a minute: x1.45 by minute 60
+    c = soak.check(leak)
+    assert not c["driver_rss"]["pass"] and c["driver_rss"]["max_ratio"] == round(160 / 110, 3)
+    assert soak.check([row(t, 100.0) for t in range(0, 9)])["driver_rss"] is None  # shorter than 10 min: no verdict

@@ -56,18 +56,29 @@ def test_pools_have_a_minimum_of_one():
     assert make_plan(_cfg(**{"decode.actors": 4, "decode.min_actors": 2}), {"CPU": 8.0}).decode_actors_min == 2
 
 
+def test_auto_decode_actors_capped_by_memory_resource():
+    from pipeline.run.plan import make_plan
+
+    cfg = _cfg(**{"decode.actors": "auto", "decode.actors_per_engine": 8, "decode.memory": 2 * 2**30})
+    assert make_plan(cfg, {"CPU": 16.0, "memory": 5 * 2**30}).decode_actors_max == 2  # 5 GiB / 2 GiB per actor
+    assert make_plan(cfg, {"CPU": 16.0, "memory": 64 * 2**30}).decode_actors_max == 8  # then CPUs/actors_per_engine bind
+
+
 def test_unplaceable_names_what_is_missing():
     from pipeline.run.plan import make_plan, unplaceable
 
     cfg = _cfg(**{"engine.resources": "{scorer: 1}", "engine.num_cpus": 0.5})
     plan = make_plan(cfg, {"CPU": 4.0})
-    head, gpu = {"CPU": 2.0, "memory": 1e9}, {"CPU": 2.0, "scorer": 1.0}
+    head, gpu = {"CPU": 2.0, "memory": 8e9}, {"CPU": 2.0, "scorer": 1.0, "memory": 8e9}
     assert unplaceable(cfg, plan, [head, gpu]) == []
     (line,) = unplaceable(cfg, plan, [head])
     assert "scoring actor" in line and "missing scorer" in line and "CPU=2" in line
     big = _cfg(**{"decode.num_cpus": 4})
     (line,) = unplaceable(big, make_plan(big, {"CPU": 4.0}), [head, head])
     assert "decode actor" in line and "missing CPU" in line  # 4 CPUs in all, but no single node has them
+    hungry = _cfg(**{"decode.memory": 16 * 2**30})  # decode.memory is a per-actor request: no 8 GB node hosts it
+    (line,) = unplaceable(hungry, make_plan(hungry, {"CPU": 4.0}), [head, gpu])
+    assert "decode actor" in line and "missing memory" in line and "memory=16 GiB" in line
     gpu_cfg = _cfg(**{"engine.num_gpus": 1})
     assert "missing GPU" in unplaceable(gpu_cfg, make_plan(gpu_cfg, {"CPU": 4.0}), [head])[0]
 

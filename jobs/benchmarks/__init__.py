@@ -36,4 +36,5 @@ Layout (jobs/benchmarks/; `jobs/bench.py` is the entry point):
   memory.py    section memory              runner.py   Runner, pipeline config, sample packing
   procs.py     process sampling            clips.py    real and generated clips
   common.py    paths, machine, load, stats report.py   ratio table, results writing
+  soak.py      mode soak (--soak): memory over a 60-minute run, sampled each minute
 """

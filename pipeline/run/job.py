@@ -106,7 +106,7 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
     d = cfg.decode
     ds = ds.map_batches(DecodeStage, fn_constructor_args=(d, cfg.prefilter), batch_size=d.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(min_size=plan.decode_actors_min, max_size=plan.decode_actors_max),
-                        num_cpus=d.num_cpus)
+                        num_cpus=d.num_cpus, memory=d.memory)
     # 3. score: accelerator actors owning one engine each. Both pools run with a minimum of 1: a cluster smaller
     # than planned (or one that lost a node) runs with what fits; a fixed size waits for a scale-up that a
     # static cluster never does.
@@ -255,6 +255,15 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
             raise CapacityError(f"run {run_id} stopped: no progress for {cfg.ray.no_progress_timeout_s:g} s (ray.no_progress_timeout_s; "
                                 f"a lost node's work waiting for room on the surviving nodes?); {done} rows committed under "
                                 f"{cfg.output.path}; rerun the same command to resume") from None
+        except ray.exceptions.OutOfMemoryError as exc:
+            # Ray's memory monitor killed workers and Ray Data gave up (an actor killed in its constructor fails
+            # the execution at once; tasks and actor calls are retried): one line, not a Ray traceback.
+            stop.set()
+            done = resume.load_state(cfg).committed_rows
+            first = " ".join(str(exc).split("\n")[0].split())
+            raise CapacityError(f"run {run_id} stopped: Ray's memory monitor killed workers ({first}); {done} rows committed under "
+                                f"{cfg.output.path}; lower decode.batch_size or decode.actors (or give the nodes more memory) and "
+                                "rerun the same command to resume") from None
         except NODE_LOSS_ERRORS as exc:
             # Ray Data gives up on a map task whose actor sat on a lost node once its retries are spent (an actor
             # that cannot be restarted anywhere makes every retry fail at once): one line, not a Ray traceback.

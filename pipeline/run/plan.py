@@ -4,7 +4,8 @@ printed at start.
 - scoring actors: `engine.actors`, or with 'auto' the cluster's GPUs / GPUs per actor (GPUs per actor is
   `tensor_parallel_size` for vLLM); on a CPU-only cluster, 1;
 - decode actors: `decode.actors`, or with 'auto' `decode.actors_per_engine` x scoring actors, capped by
-  the CPUs left after the scoring actors and a reserve for read tasks; the pool autoscales between
+  the CPUs left after the scoring actors and a reserve for read tasks (and by the cluster's `memory`
+  resource / `decode.memory`); the pool autoscales between
   `decode.min_actors` (default 1) and that number;
 - both actor pools have a minimum of 1 and the plan's number as maximum, so a cluster that is smaller than
   planned (at start, or after losing a node) runs with what fits instead of waiting for a scale-up;
@@ -35,12 +36,14 @@ class ResourcePlan:
     cpus_per_decode: float
     read_cpus_per_task: float
     notes: list[str]
+    memory_per_decode: float = 0.0  # bytes of Ray's memory resource per decode actor (decode.memory; 0 = none)
 
     def lines(self) -> list[str]:
         out = [
             f"cluster: {self.cluster_cpus:g} CPUs, {self.cluster_gpus:g} GPUs",
             f"score:  {self.engine_actors} actor(s) x ({self.gpus_per_engine:g} GPU, {self.cpus_per_engine:g} CPU)",
-            f"decode: {self.decode_actors_min}..{self.decode_actors_max} actor(s) x {self.cpus_per_decode:g} CPU",
+            f"decode: {self.decode_actors_min}..{self.decode_actors_max} actor(s) x {self.cpus_per_decode:g} CPU"
+            + (f", {_gib(self.memory_per_decode)} memory" if self.memory_per_decode else ""),
             f"read:   tasks x {self.read_cpus_per_task:g} CPU",
         ]
         return out + [f"note: {n}" for n in self.notes]
@@ -64,6 +67,9 @@ def make_plan(cfg: ScoreConfig, resources: dict[str, Any]) -> ResourcePlan:
     if d.actors == "auto":
         spare = cpus - engines * e.num_cpus - max(cfg.input.read_num_cpus, 0.1)
         cap = max(1, int(spare // d.num_cpus)) if spare > 0 else 1
+        mem = float(resources.get("memory", 0))
+        if d.memory and mem:  # and by the cluster's memory resource (decode.memory per actor)
+            cap = max(1, min(cap, int(mem // d.memory)))
         dmax = max(1, min(cap, math.ceil(d.actors_per_engine * engines)))
     else:
         dmax = int(d.actors)
@@ -71,13 +77,22 @@ def make_plan(cfg: ScoreConfig, resources: dict[str, Any]) -> ResourcePlan:
     used = engines * e.num_cpus + dmax * d.num_cpus
     if cpus and used + cfg.input.read_num_cpus > cpus:
         notes.append(f"actors reserve {used:g} of {cpus:g} CPUs: read tasks may starve (lower num_cpus or actors)")
-    return ResourcePlan(cpus, gpus, engines, gpus_per, e.num_cpus, dmin, dmax, d.num_cpus, cfg.input.read_num_cpus, notes)
+    return ResourcePlan(cpus, gpus, engines, gpus_per, e.num_cpus, dmin, dmax, d.num_cpus, cfg.input.read_num_cpus, notes,
+                        float(d.memory or 0))
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.3g} GiB"
+
+
+def _amount(k: str, v: float) -> str:
+    return f"{k}={_gib(v)}" if k == "memory" else f"{k}={v:g}"
 
 
 def actor_demands(cfg: ScoreConfig, plan: ResourcePlan) -> dict[str, dict[str, float]]:
     """What one actor of each pool asks Ray for (only non-zero amounts)."""
     score = {"CPU": float(cfg.engine.num_cpus), "GPU": float(plan.gpus_per_engine), **{k: float(v) for k, v in cfg.engine.resources.items()}}
-    decode = {"CPU": float(cfg.decode.num_cpus)}
+    decode = {"CPU": float(cfg.decode.num_cpus), "memory": float(cfg.decode.memory or 0)}
     return {"scoring actor": {k: v for k, v in score.items() if v > 0}, "decode actor": {k: v for k, v in decode.items() if v > 0}}
 
 
@@ -96,8 +111,8 @@ def unplaceable(cfg: ScoreConfig, plan: ResourcePlan, nodes: list[dict[str, floa
         if any(all(n.get(k, 0.0) >= v for k, v in need.items()) for n in nodes):
             continue
         missing = sorted({k for k, v in need.items() if not any(n.get(k, 0.0) >= v for n in nodes)}) or sorted(need)
-        offer = "; ".join(", ".join(f"{k}={n[k]:g}" for k in sorted(n) if k in need or k in ("CPU", "GPU")) or "nothing"
+        offer = "; ".join(", ".join(_amount(k, n[k]) for k in sorted(n) if k in need or k in ("CPU", "GPU")) or "nothing"
                           for n in nodes) or "no alive node"
-        out.append(f"no node can host a {what} (needs {', '.join(f'{k}={v:g}' for k, v in sorted(need.items()))}; "
+        out.append(f"no node can host a {what} (needs {', '.join(_amount(k, v) for k, v in sorted(need.items()))}; "
                    f"missing {', '.join(missing)}; nodes offer: {offer})")
     return out

@@ -1,0 +1,224 @@
+"""Mode `soak` (`--soak`): memory over a long run (issue 16, item 5).
+
+One run of the real pipeline (read -> decode -> score -> sink) for `--soak-minutes` (default 60) over the
+real clips (../shared/data/videos, else samples/videos) cycled through a JSONL manifest: every row is a
+distinct row id (its own symlink to the clip) with a distinct prompt, so neither the score store's dedupe (keyed by content hash +
+prompt) nor the cross-run cache short-circuits any row (the summary's `duplicates` / `from_cache` are
+checked to be 0). The FixedOutputEngine sleeps `1 / --soak-rate` s per request (no CPU), so the run is
+paced at about that many rows per second by a sleeping engine, and the rows are sized to last the
+minutes; one decode actor (1 CPU) keeps the load near one core on a shared machine.
+
+Sampled every `--soak-sample-s` (default 60 s): driver RSS/PSS, Ray processes' RSS sum, private (RSS -
+shared) sum and PSS sum (shared object-store pages once), RSS by process kind (jobs/benchmarks/procs.py),
+the object store's used bytes and spill totals (pipeline/dev/ray_memory.py), rows scored (the run's stats
+actor) and the 1-minute load. The check, per series: every sample after minute 10 stays within 10% of the
+minute-10 value (pass/fail; growth is what a leak shows)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import fmt, load1, wait_quiet
+
+NAME = "soak"
+SUMMARY = "--soak: memory over a long run (--soak-minutes, default 60): driver/Ray RSS, PSS, object store sampled each minute"
+
+SERIES = ("driver_rss", "driver_pss", "ray_rss_sum", "ray_private_sum", "ray_pss_sum", "store_used")  # MiB
+CHECK_AT_MIN, CHECK_TOL = 10.0, 0.10
+
+
+def add_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--soak", action="store_true", help=SUMMARY)
+    g.add_argument("--soak-minutes", type=float, default=60.0, help="length of the run (rows = rate x minutes)")
+    g.add_argument("--soak-rate", type=float, default=2.0, help="rows/s the sleeping engine paces the run at (decode must keep up)")
+    g.add_argument("--soak-sample-s", type=float, default=60.0, help="sampling interval (s)")
+    g.add_argument("--soak-set", action="append", default=[], help="pipeline override dotted.key=value (repeatable)")
+
+
+def selected(args: argparse.Namespace) -> bool:
+    return bool(args.soak)
+
+
+def _manifest(work: Path, rows: int) -> tuple[str, list[str]]:
+    from .clips import real_clips
+
+    clips, src = real_clips()
+    if not clips:
+        raise SystemExit("soak: no real clips (../shared/data/videos or samples/videos)")
+    prompts: dict[str, str] = {}
+    for man in Path(src).glob("manifest.jsonl"):
+        for line in man.read_text().splitlines():
+            r = json.loads(line)
+            prompts[str((Path(src) / r["file"]).resolve())] = r.get("prompt") or ""
+    d = work / "soak"
+    d.mkdir(parents=True, exist_ok=True)
+    # one symlink per row: the read stage turns a second row of the same video URL and span within a
+    # manifest block into an error row (a duplicate), so each row names its own path to the same bytes
+    links = d / "links"
+    links.mkdir(exist_ok=True)
+    path = d / f"manifest-{rows}.jsonl"
+    with open(path, "w") as f:
+        for i in range(rows):
+            c = clips[i % len(clips)].resolve()
+            link = links / f"{i:07d}{c.suffix}"
+            if not link.is_symlink():
+                link.symlink_to(c)
+            f.write(json.dumps({"video": str(link), "prompt": f"soak row {i}: {prompts.get(str(c), c.stem)}"}) + "\n")
+    return str(path), [c.name for c in clips]
+
+
+class SoakSampler:
+    """Every `every` s (a daemon thread): one row of the series."""
+
+    def __init__(self, every: float) -> None:
+        from .procs import Poller, ProcSampler
+        from .runner import RowsWatcher
+
+        sampler = self
+
+        class _P(Poller):
+            def poll(self) -> None:
+                sampler.sample()
+
+        self.every = every
+        self.procs = ProcSampler(every=every, pss_every=1)
+        self.rows = RowsWatcher()
+        self.thread = _P()
+        self.thread.every = every
+        self.series: list[dict[str, Any]] = []
+        self.t0 = time.time()
+
+    def sample(self) -> None:
+        from pipeline.dev.ray_memory import store_stats
+
+        self.procs.sample(count=False)
+        self.rows.poll()
+        cur = self.procs.current
+        try:
+            st = store_stats()
+        except Exception as e:  # noqa: BLE001 - a failed query is a gap in one series, not a failed soak
+            st = {"error": repr(e)}
+        mib = 2 ** 20
+        row = {"t_min": round((time.time() - self.t0) / 60, 2), "rows": self.rows.series[-1][1] if self.rows.series else 0,
+               "load1": round(load1(), 2),
+               "driver_rss": round(cur["driver_rss"] / mib, 1), "driver_pss": round(cur["driver_pss"] / mib, 1),
+               "ray_rss_sum": round(cur["others_rss_sum"] / mib, 1), "ray_private_sum": round(cur["others_private_sum"] / mib, 1),
+               "ray_pss_sum": round((cur["pss_sum"] or 0) / mib, 1),
+               "store_used": round(st.get("used", 0) / mib, 1), "spilled_total": round(st.get("spilled", 0) / mib, 1),
+               "by_kind": {k: round(v / mib, 1) for k, v in sorted(cur["by_kind"].items()) if not k.endswith(" private")},
+               "by_kind_private": {k[:-8]: round(v / mib, 1) for k, v in sorted(cur["by_kind"].items()) if k.endswith(" private")}}
+        self.series.append(row)
+        print(f"[soak] {row['t_min']:6.1f} min  rows {row['rows']:.0f}  load {row['load1']}  driver RSS {row['driver_rss']} MiB  "
+              f"Ray RSS sum {row['ray_rss_sum']}  private {row['ray_private_sum']}  PSS {row['ray_pss_sum']}  "
+              f"store {row['store_used']} (spilled {row['spilled_total']})  decode {row['by_kind_private'].get('decode actors')}  "
+              f"score {row['by_kind_private'].get('score actor')}", flush=True)
+
+    def __enter__(self) -> "SoakSampler":
+        self.t0 = time.time()
+        self.sample()
+        self.thread.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.thread.__exit__(*exc)
+
+
+def check(series: list[dict[str, Any]], at_min: float = CHECK_AT_MIN, tol: float = CHECK_TOL) -> dict[str, Any]:
+    """Per series: the value at `at_min` (the first sample at or after it), the largest and smallest later
+    value as a ratio of it, pass = every later sample within `tol`. `None` when the run was too short."""
+    base = next((r for r in series if r["t_min"] >= at_min - 0.05), None)
+    out: dict[str, Any] = {}
+    for k in SERIES:
+        if base is None or not base.get(k):
+            out[k] = None
+            continue
+        later = [r[k] for r in series if r["t_min"] > base["t_min"]]
+        if not later:
+            out[k] = None
+            continue
+        hi, lo = max(later) / base[k], min(later) / base[k]
+        out[k] = {"at_10": base[k], "max_ratio": round(hi, 3), "min_ratio": round(lo, 3), "last": later[-1],
+                  "pass": hi <= 1 + tol and lo >= 1 - tol}
+    return out
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import ray
+
+    from pipeline.config import load_config
+    from pipeline.run.job import init_ray
+    from pipeline.run.job import run as run_pipeline
+
+    from .runner import BENCH_ENGINE
+
+    rows = int(round(args.soak_rate * args.soak_minutes * 60))
+    manifest, clip_names = _manifest(work, rows)
+    out = work / "out" / f"soak-{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    base = {
+        "input": {"manifest": manifest},
+        "decode": {"actors": 1, "num_cpus": 1, "threads": 1},
+        "engine": {"kind": BENCH_ENGINE, "actors": 1, "num_gpus": 0, "num_cpus": 0.1, "batch_size": 16, "batches_in_flight": 1,
+                   "engine_kwargs": {"sleep_s": 1.0 / args.soak_rate}},
+        "output": {"path": str(out)},
+        "ray": {"num_cpus": 2, "progress_bars": False},
+    }
+    cfg = load_config(None, list(args.soak_set), base=base)
+    load = wait_quiet(args.load_threshold, 0.0, "soak")  # memory, not speed: never waits; the load is in every sample
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    init_ray(cfg)
+    print(f"[soak] {rows} rows over {len(clip_names)} real clips, paced at {args.soak_rate} rows/s (~{args.soak_minutes:g} min), "
+          f"sampling every {args.soak_sample_s:g} s; output {out}", flush=True)
+    try:
+        with SoakSampler(args.soak_sample_s) as s:
+            t = time.perf_counter()
+            summary = run_pipeline(cfg, progress_every_s=600)
+            wall = time.perf_counter() - t
+            s.sample()  # the end of the run
+    finally:
+        ray.shutdown()
+    bad = summary.get("rows_out") != rows or summary.get("errors") or summary.get("duplicates") or summary.get("from_cache")
+    res = {"rows": rows, "rate": args.soak_rate, "clips": clip_names, "wall_s": round(wall, 1),
+           "summary": {k: summary.get(k) for k in ("rows_out", "ok", "errors", "duplicates", "from_cache", "videos_per_s")},
+           "series": s.series, "check": check(s.series), "overrides": list(args.soak_set),
+           "load": {**load, "load_at_end": round(load1(), 2),
+                    "load_mean": round(sum(r["load1"] for r in s.series) / max(1, len(s.series)), 2)}}
+    series_file = work / "soak" / f"series-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    series_file.write_text(json.dumps(res, indent=1))
+    res["series_file"] = str(series_file)
+    print(f"[soak] series saved to {series_file}", flush=True)
+    if bad:
+        print(f"[soak] WARNING: the run did not score every row exactly once: {res['summary']}", flush=True)
+    if not bad:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"soak": res}
+
+
+def report(res: dict[str, Any]) -> list[str]:
+    sk = res.get("soak")
+    if not sk:
+        return []
+    lines = ["", f"Soak: {sk['rows']} rows over {len(sk['clips'])} real clips cycled, paced at {sk['rate']} rows/s, wall "
+             f"{sk['wall_s']:.0f} s; summary {sk['summary']}; 1-min load mean {sk['load']['load_mean']}", "",
+             "| min | rows | load | driver RSS | driver PSS | Ray RSS sum | Ray private sum | Ray PSS sum | store used | spilled | decode actors private | score actor private |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sk["series"]:
+        p = r["by_kind_private"]
+        lines.append(f"| {r['t_min']:.1f} | {r['rows']:.0f} | {r['load1']} | {r['driver_rss']} | {r['driver_pss']} | {r['ray_rss_sum']} | "
+                     f"{r['ray_private_sum']} | {r['ray_pss_sum']} | {r['store_used']} | {r['spilled_total']} | "
+                     f"{p.get('decode actors', '')} | {p.get('score actor', '')} |")
+    lines += ["", f"Check (every sample after minute {CHECK_AT_MIN:g} within {CHECK_TOL:.0%} of the minute-{CHECK_AT_MIN:g} value), MiB:", ""]
+    for k, c in sk["check"].items():
+        if c is None:
+            lines.append(f"- {k}: n/a (run shorter than {CHECK_AT_MIN:g} min)")
+        else:
+            lines.append(f"- {k}: {c['at_10']} at 10 min, later max x{fmt(c['max_ratio'], 3)} / min x{fmt(c['min_ratio'], 3)}, "
+                         f"last {c['last']}: **{'PASS' if c['pass'] else 'FAIL'}**")
+    return lines
