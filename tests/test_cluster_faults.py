@@ -295,6 +295,15 @@ def _wait_rows(proc: subprocess.Popen, out: Path, n: int, log_path: Path, timeou
         time.sleep(0.5)
 
 
+def _submit_then_kill_worker(cluster: Cluster, overrides: list[str], out: Path, log_path: Path,
+                             rows: int = 16) -> tuple[subprocess.Popen, float, int]:
+    """Submit the job, wait for `rows` committed rows, kill -9 the worker node: (proc, killed_at, rows at kill)."""
+    proc = _submit(cluster, overrides, log_path)
+    _wait_rows(proc, out, rows, log_path)
+    killed_at = cluster.kill_worker()
+    return proc, killed_at, _commits(out)
+
+
 def _assert_exactly_once(out: Path, shards: list[dict], n: int) -> None:
     from pipeline.schema import make_row_id
 
@@ -337,10 +346,7 @@ def test_worker_node_lost_mid_run_stops_with_one_line_then_rerun_completes(clust
     out = tmp_path / "scores"
     log1 = tmp_path / "submit1.log"
     t0 = time.time()
-    proc = _submit(cluster, _overrides(root, out), log1)
-    _wait_rows(proc, out, 16, log1)
-    killed_at = cluster.kill_worker()
-    at_kill = _commits(out)
+    proc, killed_at, at_kill = _submit_then_kill_worker(cluster, _overrides(root, out), out, log1)
     code = proc.wait(timeout=300)
     stopped_after = time.time() - killed_at
     text = log1.read_text()

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.test_cluster_faults import (Cluster, _assert_exactly_once, _commits, _overrides, _record, _submit,
-                                       _wait_rows, many_shards)  # noqa: F401 - many_shards is a fixture
+                                       _submit_then_kill_worker, many_shards)  # noqa: F401 - many_shards is a fixture
 
 
 NO_PROGRESS_S = 120  # the run's no-progress bound (ray.no_progress_timeout_s): a hang ends in bounded time
@@ -42,10 +42,7 @@ def test_lost_node_whose_work_fits_on_the_survivor(twin_cluster, many_shards, tm
     log1 = tmp_path / "submit1.log"
     t0 = time.time()
     over = [*_overrides(root, out, timeout_s=60), f"ray.no_progress_timeout_s={NO_PROGRESS_S}"]
-    proc = _submit(cluster, over, log1)
-    _wait_rows(proc, out, 16, log1)
-    killed_at = cluster.kill_worker()
-    at_kill = _commits(out)
+    proc, killed_at, at_kill = _submit_then_kill_worker(cluster, over, out, log1)
     code = proc.wait(timeout=600)
     ended_after = time.time() - killed_at
     text = log1.read_text()
