@@ -305,9 +305,9 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
 
         compact(cfg, final)
     counters = dict(counters)
-    if todo:  # the write tasks' retries come back with their results; the driver's own are counted here
-        _add_retries(counters, sink.result.get("storage_retries", {}), "write")
-    for k, v in stats.storage_retries("driver").items():
+    # the write tasks' retries come back with their results; the driver's own are counted here
+    written = stats.retry_counts(sink.result.get("storage_retries", {}), "write") if todo else {}
+    for k, v in [*written.items(), *stats.storage_retries("driver").items()]:
         counters[k] = counters.get(k, 0) + v
     summary = summarize(cfg, run_id, all_shards, wall, counters, final, resumed_rows=state.committed_rows)
     if retried is not None:
@@ -319,13 +319,6 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
              summary["ok"], summary["errors"], summary["skipped"], summary["storage_retries"]["total"], "" if summary["prefilter"]["gpu_s_saved"] is None else
              f" (~{summary['prefilter']['gpu_s_saved']:.1f} GPU-s saved at {summary['prefilter']['engine_s_per_video']:.3f} s per video)")
     return summary
-
-
-def _add_retries(counters: dict[str, Any], by_layer: dict[str, int], where: str) -> None:
-    for layer, n in by_layer.items():
-        counters[f"storage_retries:{layer}"] = counters.get(f"storage_retries:{layer}", 0) + n
-    if by_layer:
-        counters[f"storage_retries@{where}"] = counters.get(f"storage_retries@{where}", 0) + sum(by_layer.values())
 
 
 def _remove_inflight(cfg: ScoreConfig) -> None:

@@ -198,9 +198,9 @@ def load_state(cfg: ScoreConfig) -> ResumeState:
             (st.folded_paths if digest in st.digests else stale if digest in st.retired else fresh).append(p)
         if stale:  # a write task Ray ran again after its files were rewritten: its new files go with its marker
             blobs = fs.cat(stale)
+            qfs = filesystem(quarantine_url(cfg.output), cfg.output.storage)[0]
             for p in stale:
                 m = json.loads(blobs[p])
-                qfs = filesystem(quarantine_url(cfg.output), cfg.output.storage)[0]
                 files = m.get("files", []) + (m.get("quarantine_files", []) if qfs is fs else [])
                 st.folded_paths += [f for f in files if f.rsplit("/", 1)[-1] == f"part-{m['digest']}.parquet"]
                 st.folded_paths.append(p)

@@ -101,10 +101,15 @@ def storage_retries(where: str) -> dict[str, float]:
     `storage_retries:<layer>` (botocore, s3fs) and `storage_retries@<where>` (the stage that made them)."""
     from pipeline.storage import take_retries
 
-    taken = take_retries()
-    out: dict[str, float] = {f"storage_retries:{layer}": n for layer, n in taken.items()}
-    if taken:
-        out[f"storage_retries@{where}"] = sum(taken.values())
+    return retry_counts(take_retries(), where)
+
+
+def retry_counts(by_layer: dict[str, int], where: str) -> dict[str, float]:
+    """Retries by layer made by the stage `where`, as the run's counter keys (`storage_retries:<layer>`,
+    `storage_retries@<where>`)."""
+    out: dict[str, float] = {f"storage_retries:{layer}": n for layer, n in by_layer.items()}
+    if by_layer:
+        out[f"storage_retries@{where}"] = sum(by_layer.values())
     return out
 
 
