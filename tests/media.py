@@ -46,6 +46,7 @@ def encode_video(
     rotation: int | None = None,
     with_audio: bool = False,
     faststart: bool = False,
+    first_frame: int = 0,
 ) -> bytes:
     """Encode a constant-frame-rate clip of `nframes` (or round(seconds*fps)) frames and return the bytes.
 
@@ -53,7 +54,8 @@ def encode_video(
     (x264 defaults to preset veryfast so tests stay fast; B-frames stay on). rotation: display-matrix
     rotation in degrees counter-clockwise (as `VideoFrame.rotation` reads it back). faststart: mp4 with the
     index (moov) before the media data, so a truncated copy still opens and still claims every frame
-    (the muxer rewrites the file, which needs a real file: a temporary one is used).
+    (the muxer rewrites the file, which needs a real file: a temporary one is used). first_frame: the index of
+    the synthetic pattern's first frame (clips that start elsewhere have other content).
     """
     if nframes is None:
         if seconds is None:
@@ -64,16 +66,17 @@ def encode_video(
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "clip.mp4")
             with av.open(path, mode="w", format="mp4", options={"movflags": "faststart"}) as out:
-                _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio)
+                _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio, first_frame)
             with open(path, "rb") as f:
                 return f.read()
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container) as out:
-        _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio)
+        _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio, first_frame)
     return buf.getvalue()
 
 
-def _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio) -> None:
+def _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options, rotation, with_audio,
+                 first_frame: int = 0) -> None:
     st = out.add_stream(codec, rate=rate)
     st.width, st.height, st.pix_fmt = width, height, pix_fmt
     opts = dict(options or {})
@@ -92,7 +95,7 @@ def _encode_into(out, width, height, rate, nframes, codec, pix_fmt, gop, options
     if with_audio:
         ast = out.add_stream("aac", rate=16000)
     for i in range(nframes):
-        frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(synthetic_frame(first_frame + i, width, height), format="rgb24")
         frame = frame.reformat(format=pix_fmt)
         frame.pts = i
         frame.time_base = 1 / rate

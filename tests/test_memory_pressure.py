@@ -111,26 +111,10 @@ def big_manifest(tmp_path_factory) -> Path:
 
 def _clip(c: int) -> bytes:
     """A 30 s 1920x1080 8 fps H.264 clip (x264 ultrafast) of tests.media's synthetic pattern, started `c` x 100
-    frames in, so clips differ (tests.media.encode_video always starts at frame 0)."""
-    import av
-    import io
-    from fractions import Fraction
+    frames in, so clips differ."""
+    from tests.media import encode_video
 
-    from tests.media import synthetic_frame
-
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        st = out.add_stream("libx264", rate=Fraction(8))
-        st.width, st.height, st.pix_fmt = 1920, 1080, "yuv420p"
-        st.options = {"preset": "ultrafast"}
-        for i in range(240):
-            f = av.VideoFrame.from_ndarray(synthetic_frame(i + 100 * c, 1920, 1080), format="rgb24").reformat(format="yuv420p")
-            f.pts = i
-            for pkt in st.encode(f):
-                out.mux(pkt)
-        for pkt in st.encode():
-            out.mux(pkt)
-    return buf.getvalue()
+    return encode_video(1920, 1080, 8, nframes=240, options={"preset": "ultrafast"}, first_frame=100 * c)
 
 
 def _run(manifest: Path, out: Path, batch_size: int, kill_once: bool) -> dict:
