@@ -310,3 +310,42 @@ def test_folds_and_compaction_while_the_run_goes_on(ray_local, tmp_path):  # noq
     assert len(_files(out)) == 2  # two shard groups, one compacted file each
     st = resume.load_state(cfg)
     assert len(st.done) == 4 and not st.partial and st.committed_rows == 12
+
+
+def test_folds_compact_only_half_target_groups_the_end_packs_the_rest(tmp_path):
+    """While a run goes on a group is compacted only once it holds half the target (its new file is then not
+    small, so no row is rewritten twice); the end of the run packs the remainder."""
+    out = tmp_path / "out"
+    cfg = _cfg(out)
+    commit_rows(cfg, 400, shard_size=100, rows_per_task=20)  # 20 small files in 2 partitions
+    total = sum(p.stat().st_size for p in _files(out))
+    assert compact.compact(cfg, _restart(cfg), target_bytes=2 * total + 2, final=False)["replaced"] == 0  # under half: not yet
+    assert len(_files(out)) == 20
+    r = compact.compact(cfg, _restart(cfg), target_bytes=2 * total + 2)  # the end of the run: packed all the same
+    assert r["replaced"] == 20 and len(_files(out)) == 2
+    ids = _ids(out)
+    assert len(ids) == 400 and set(ids.values()) == {1}
+    cfg2 = _cfg(tmp_path / "out2")
+    commit_rows(cfg2, 400, shard_size=100, rows_per_task=20)
+    r = compact.compact(cfg2, _restart(cfg2), target_bytes=2 * total, final=False)  # half the target: compacted in the run
+    assert r["replaced"] == 20 and len(_files(tmp_path / "out2")) == 2
+
+
+def test_compaction_reads_and_writes_in_a_ray_task_not_the_driver(ray_local, tmp_path, monkeypatch):  # noqa: F811
+    """`in_ray`: the rows never enter the calling process (its file reader is broken here, the Ray worker's is
+    not), the swap is committed by the caller, and every row is there once afterwards."""
+    cfg = _cfg(tmp_path / "out")
+    commit_rows(cfg, 300, shard_size=100, rows_per_task=20)
+    totals = _restart(cfg).totals()
+
+    def not_here(*_a, **_k):
+        raise AssertionError("the driver read a file to compact it")
+
+    monkeypatch.setattr(rewrite, "_table", not_here)
+    with pytest.raises(AssertionError, match="the driver read"):
+        compact.compact(cfg, _restart(cfg), target_bytes=1 << 30)  # the check can fail: in-process it reads here
+    r = compact.compact(cfg, _restart(cfg), target_bytes=1 << 30, in_ray=True)
+    assert r["replaced"] == 15 and len(_files(tmp_path / "out")) == 2  # 3 shards in 2 shard groups
+    ids = _ids(tmp_path / "out")
+    assert len(ids) == 300 and set(ids.values()) == {1}
+    assert _restart(cfg).totals() == totals and not resume.load_state(cfg).pending

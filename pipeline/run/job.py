@@ -171,7 +171,7 @@ def _fold_state(cfg: ScoreConfig, every_s: float, stop: threading.Event) -> None
             if cfg.output.compact:  # small committed files -> files near output.target_file_mb, atomically
                 from pipeline.run.compact import compact
 
-                compact(cfg, st)
+                compact(cfg, st, final=False, in_ray=True)
         except Exception as e:  # noqa: BLE001 - the next fold (or the end of the run) tries again
             log.warning("state fold failed (retried later): %s", e)
 
@@ -303,7 +303,7 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
     if cfg.output.compact:
         from pipeline.run.compact import compact
 
-        compact(cfg, final)
+        compact(cfg, final, in_ray=ray.is_initialized())
     counters = dict(counters)
     # the write tasks' retries come back with their results; the driver's own are counted here
     written = stats.retry_counts(sink.result.get("storage_retries", {}), "write") if todo else {}

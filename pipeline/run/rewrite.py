@@ -35,6 +35,7 @@ from pipeline.stages.sink import partition_segment, quarantine_url
 from pipeline.storage import filesystem, with_protocol
 
 RETRYABLE_STAGES = ("read", "decode", "engine")
+REWRITE_NUM_CPUS = 0.1  # mostly waiting on storage; like the write tasks
 
 
 def committed_files(cfg: ScoreConfig, st: resume.ResumeState) -> dict[str, list[tuple[Any, str, int]]]:
@@ -59,11 +60,51 @@ def _table(fs: Any, path: str) -> pa.Table:
         return pq.read_table(f)
 
 
+def stage(storage: Any, folders: list[tuple[str, list[str]]], staged: list[str], drop: list[str]) -> list[bool]:
+    """The data work of a rewrite: for each partition folder, read its files (URLs), leave out the `drop` row
+    ids, write what is left to the matching `staged` URL. Returns, per folder, whether a file was staged (a
+    folder whose rows were all dropped stages nothing). Runs in a Ray task when asked to (`_stage_anywhere`)."""
+    drop_ids = pa.array(sorted(drop), type=pa.string()) if drop else None
+    wrote: list[bool] = []
+    for (_folder, urls), dest in zip(folders, staged):
+        tables = []
+        for url in urls:
+            fs, path = filesystem(url, storage)
+            tables.append(_table(fs, path))
+        t = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        del tables
+        if drop_ids is not None:
+            t = t.filter(pc.invert(pc.is_in(t["row_id"], value_set=drop_ids)))
+        if t.num_rows:
+            fs, path = filesystem(dest, storage)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with fs.open(path, "wb") as f:
+                pq.write_table(t, f, compression="zstd")
+        wrote.append(bool(t.num_rows))
+    return wrote
+
+
+def _stage_anywhere(storage: Any, folders: list[tuple[str, list[str]]], staged: list[str], drop: list[str],
+                    in_ray: bool) -> list[bool]:
+    """`stage` in a Ray task when `in_ray` (a running job's driver: it only plans and commits, the files' rows
+    never enter its memory, which would otherwise keep the high-water mark of the largest group it compacted),
+    in this process otherwise (`vscore score --retry-errors` before Ray starts, a run with nothing left to score,
+    tests of the protocol). `max_calls=1`: the worker exits after the task, so its Arrow buffers go back to the
+    OS instead of staying in a pooled worker."""
+    if not in_ray:
+        return stage(storage, folders, staged, drop)
+    import ray
+
+    task = ray.remote(num_cpus=REWRITE_NUM_CPUS, max_calls=1, max_retries=3)(stage)
+    return ray.get(task.remote(storage, folders, staged, drop))
+
+
 def rewrite(cfg: ScoreConfig, st: resume.ResumeState, files: dict[str, list[tuple[Any, str, int]]],
-            digests: list[str], drop: set[str] | None = None, tag: str = "rw") -> str | None:
+            digests: list[str], drop: set[str] | None = None, tag: str = "rw", in_ray: bool = False) -> str | None:
     """Rewrite every file of `digests` into one file per partition folder under a new digest, leaving out
-    rows whose row_id is in `drop`: stage, swap the checkpoint, roll forward (module doc). Returns the new digest
-    (None if nothing was left to write). `st` must be freshly loaded and consolidated (no unfolded markers)."""
+    rows whose row_id is in `drop`: stage (in a Ray task when `in_ray`), swap the checkpoint, roll forward
+    (module doc). Returns the new digest (None if nothing was left to write). `st` must be freshly loaded and
+    consolidated (no unfolded markers)."""
     drop = drop or set()
     new = hashlib.blake2b(("\n".join(sorted(digests)) + f"\x00{tag}\x00" + "\n".join(sorted(drop))).encode(),
                           digest_size=10).hexdigest()
@@ -73,20 +114,17 @@ def rewrite(cfg: ScoreConfig, st: resume.ResumeState, files: dict[str, list[tupl
             by_dir[(id(fs), posixpath.dirname(path))].append((fs, path))
     roots = sorted(((filesystem(u, cfg.output.storage)[1].rstrip("/"), u) for u in (cfg.output.path, quarantine_url(cfg.output))),
                    key=lambda r: -len(r[0]))
-    moves: list[list[str]] = []
+    folders: list[tuple[str, list[str]]] = []
+    staged: list[str] = []
+    finals: list[str] = []
     for (_, folder), items in sorted(by_dir.items(), key=lambda kv: kv[0][1]):
         fs = items[0][0]
-        tables = [_table(f, p) for f, p in items]
-        t = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-        if drop:
-            t = t.filter(pc.invert(pc.is_in(t["row_id"], value_set=pa.array(sorted(drop)))))
-        if t.num_rows:
-            root = next(r for r, _u in roots if folder.startswith(r + "/"))
-            staged = f"{resume.staging_dir(root, cfg.resolved_run_id())}/{new}-{len(moves)}.parquet.staged"
-            fs.makedirs(staged.rsplit("/", 1)[0], exist_ok=True)
-            with fs.open(staged, "wb") as f:
-                pq.write_table(t, f, compression="zstd")
-            moves.append([with_protocol(fs, staged), with_protocol(fs, f"{folder}/part-{new}.parquet")])
+        root = next(r for r, _u in roots if folder.startswith(r + "/"))
+        folders.append((folder, [with_protocol(f, p) for f, p in items]))
+        staged.append(with_protocol(fs, f"{resume.staging_dir(root, cfg.resolved_run_id())}/{new}-{len(staged)}.parquet.staged"))
+        finals.append(with_protocol(fs, f"{folder}/part-{new}.parquet"))
+    wrote = _stage_anywhere(cfg.output.storage, folders, staged, sorted(drop), in_ray)
+    moves = [[s, f] for s, f, w in zip(staged, finals, wrote) if w]
     # the commit point: one atomic checkpoint write, the roll-forward recorded in it
     st.digests.difference_update(digests)
     st.retired.update(digests)
