@@ -142,6 +142,11 @@ class DecodeConfig(_Model):
                               "including a frame FFmpeg flags corrupt, falls back to it). ~1.2-1.4x decode throughput on B-frame streams; "
                               "byte-identical on a 278-clip real corpus plus 30 damaged/unusual files (docs/performance.md). "
                               "false = always the full decode.")
+    patchify: bool | Literal["auto"] = Field("auto", description="Ship each video in the HF patch layout (uint8 patches: the same bytes "
+                                             "as the frames, permuted; pipeline/vs2/processor.py) instead of frames, so the scoring actor hands "
+                                             "them to vLLM without touching a pixel (docs/performance.md, 'Feeding the GPU'). auto = on when the "
+                                             "engine takes them (engine.kind vllm, video_processor numpy, batches_in_flight > 1: the AsyncLLM "
+                                             "pre-processed path); an engine that needs frames gets them back exactly (inverse permutation).")
     batch_size: int = Field(8, ge=1, description="Videos per decode batch (map_batches batch_size): one output block of frames "
                             "(~12 MB per 5 s clip at the reference size). Fewer, larger blocks cost Ray less per video (docs/performance.md).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
@@ -359,6 +364,13 @@ class ScoreConfig(_Model):
     def resolved_run_id(self) -> str:
         return self.output.run_id or f"vs2-{self.scoring_fingerprint()}"
 
+    def decode_patchify(self) -> bool:
+        """Whether the decode stage ships patches (`decode.patchify`; auto: when the engine takes them)."""
+        if self.decode.patchify != "auto":
+            return bool(self.decode.patchify)
+        e = self.engine
+        return e.kind == "vllm" and e.video_processor == "numpy" and e.batches_in_flight > 1
+
 
 # Settings that cannot change what any output row holds, only how fast, where, or how often a failure is
 # retried. Everything else (model, revision, dtype, device, tensor parallelism, engine kind and kwargs,
@@ -366,12 +378,12 @@ class ScoreConfig(_Model):
 # extensions, shard grouping, the prefilter) is in the scoring fingerprint, hence in the default run id. A dotted prefix
 # covers a whole section. Batching knobs are listed: vLLM is not batch-invariant, but neither are two runs of
 # the same config, so they are treated as throughput. `decode.skip_nonref` is listed because its frames are
-# byte-identical to the full decode (tests/test_skip_nonref.py); `engine.video_processor` because both choices hand
-# the model byte-identical tensors and prompt ids (tests/test_vllm_video.py).
+# byte-identical to the full decode (tests/test_skip_nonref.py); `engine.video_processor` and `decode.patchify` because
+# every choice hands the model byte-identical tensors and prompt ids (tests/test_vllm_video.py).
 NOT_ROW_AFFECTING = frozenset({
     "input.shards", "input.manifest", "input.storage", "input.samples_per_block", "input.limit", "input.read_num_cpus",
     "input.fetch_concurrency",
-    "decode.threads", "decode.skip_nonref", "decode.batch_size", "decode.num_cpus", "decode.actors",
+    "decode.threads", "decode.skip_nonref", "decode.patchify", "decode.batch_size", "decode.num_cpus", "decode.actors",
     "decode.min_actors", "decode.actors_per_engine", "decode.memory",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",

@@ -279,7 +279,7 @@ def test_stage_columns_declared():
     assert set(DecodeStage.OUTPUT_COLUMNS) == set(DecodeStage.output_types())
     for c in ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "status", "error_stage", "error"):
         assert c in DecodeStage.INPUT_COLUMNS and c in DecodeStage.OUTPUT_COLUMNS
-    for c in ("frames", "frame_indices", "num_frames", "width", "height", "duration_s", "src_fps", "total_frames",
+    for c in ("frames", "patches", "frame_indices", "num_frames", "width", "height", "duration_s", "src_fps", "total_frames",
               "decode_s"):
         assert c in DecodeStage.OUTPUT_COLUMNS
 
@@ -308,6 +308,57 @@ def test_stage_batch(clip_320):
     assert d["decode_s"][0] > 0 and d["decode_s"][1] == 0.0
     # same decode as the function
     assert np.array_equal(frames[0], decode_video(clip_320, CFG).frames)
+
+
+def test_stage_patchify_ships_the_same_bytes_as_patches_instead_of_frames(clip_320):
+    """decode.patchify: a decoded row carries its frames in the HF patch layout (`patches`, uint8) and empty frames;
+    the bytes are the frames', permuted (exact inverse); signals, errors and prefilter-skipped rows are unchanged."""
+    from ray.data.block import BlockAccessor
+
+    from pipeline.config import PrefilterConfig
+    from pipeline.vs2.processor import Patches, VideoProcessorSettings, patchify
+
+    rows = [_row(0, clip_320), _row(1, b"not a video at all"), _row(2, encode_video(160, 96, 10, nframes=20)),
+            _row(3, encode_video(320, 240, 10, nframes=20))]
+    # the prefilter skips the 160x96 clip (shorter side < 100): skipped rows ship neither frames nor patches
+    pf = PrefilterConfig(where="least(src_width, src_height) >= 100")
+    plain = DecodeStage(CFG, pf)(_numpy_batch(rows))
+    patched = DecodeStage(CFG, pf, patchify=True)(_numpy_batch(rows))
+    assert patched.column_names == plain.column_names == list(DecodeStage.OUTPUT_COLUMNS)
+    assert patched.schema == plain.schema and patched.schema.field("patches").type == DecodeStage.output_types()["patches"]
+    a, b = plain.to_pydict(), patched.to_pydict()
+    for c in plain.column_names:
+        if c not in ("frames", "patches", "decode_s"):
+            assert a[c] == b[c], c
+    assert b["status"] == ["ok", "error", "skipped", "ok"]
+    batch = BlockAccessor.for_block(patched).to_batch_format("numpy")  # what the scoring stage gets from Ray
+    frames = plain.column("frames").combine_chunks().to_numpy(zero_copy_only=False)
+    s = VideoProcessorSettings((0.5,) * 3, (0.5,) * 3, 1 / 255)
+    for i in range(4):
+        p, f = batch["patches"][i], frames[i]
+        assert p.dtype == np.uint8 and p.ndim == 2 and p.shape[1] == 1176 and batch["frames"][i].size == 0
+        if b["status"][i] != "ok":
+            assert p.size == 0 and f.size == 0
+            continue
+        assert p.nbytes == f.nbytes  # one copy of the pixels in transit, never both
+        np.testing.assert_array_equal(p, patchify(f, s)[0])
+        shape = (b["num_frames"][i], b["height"][i], b["width"][i])
+        np.testing.assert_array_equal(Patches(p, shape).frames(), f)
+
+
+def test_config_patchify_follows_the_engine():
+    from pipeline.config import ScoreConfig
+
+    def cfg(**kw):
+        over = {k: v for k, v in kw.items() if k != "patchify"}
+        dec = {"patchify": kw["patchify"]} if "patchify" in kw else {}
+        return ScoreConfig.model_validate({"input": {"shards": "x"}, "output": {"path": "/tmp/x"}, "decode": dec, "engine": over})
+
+    assert cfg().decode_patchify()  # vLLM, numpy pre-processing, AsyncLLM: the default engine takes patches
+    assert not cfg(video_processor="hf").decode_patchify() and not cfg(batches_in_flight=1).decode_patchify()
+    assert not cfg(kind="transformers").decode_patchify()
+    assert cfg(kind="transformers", patchify=True).decode_patchify() and not cfg(patchify=False).decode_patchify()
+    assert cfg(patchify=True).scoring_fingerprint() == cfg(patchify=False).scoring_fingerprint()  # not row-affecting
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,37 @@ def test_prompt_error_contained(tmp_path):
     assert rows[2]["status"] == "ok" and rows[2]["parse_mode"] == "strict"
 
 
+def test_patchified_rows_reach_each_engine_the_way_it_takes_them(tmp_path):
+    """Rows decoded with decode.patchify carry `patches`: an engine that takes them gets them untouched (no frames), any
+    other engine gets the frames back, byte for byte; the rows are the same either way."""
+    from pipeline.vs2.processor import Patches
+
+    class PatchEngine(SeedEngine):
+        takes_patches = True
+
+    cfg = load_config(None, ["input.shards=x", f"output.path={tmp_path}"])
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (4, 56, 84, 3), dtype=np.uint8) for _ in range(2)]
+    batch = _batch(2)
+    batch.update(num_frames=np.array([4, 4]), width=np.array([84, 84]), height=np.array([56, 56]),
+                 frames=[np.zeros((0, 0, 0, 3), np.uint8)] * 2, patches=[Patches.of(f).data for f in frames])
+    plain, patched = SeedEngine(), PatchEngine()
+    a = ScoreStage(cfg, engine=plain)(batch).to_pylist()
+    b = ScoreStage(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": str(tmp_path / "b")})}),
+                   engine=patched)(batch).to_pylist()
+    for r in plain.seen:
+        assert r.patches is None and np.array_equal(r.frames, frames[int(r.request_id[1:])])
+    for r in patched.seen:
+        assert r.frames is None and r.patches.frame_shape == (4, 56, 84)
+        assert np.shares_memory(r.patches.data, batch["patches"][int(r.request_id[1:])])  # untouched: no copy
+    assert [r["status"] for r in a] == [r["status"] for r in b] == ["ok", "ok"]
+    assert [r["visual_quality"] for r in a] == [r["visual_quality"] for r in b]
+    batch["width"] = np.array([56, 84])  # patches that do not match the row's frame size: a prompt error row
+    rows = ScoreStage(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": str(tmp_path / "c")})}),
+                      engine=PatchEngine())(batch).to_pylist()
+    assert rows[0]["error_stage"] == "prompt" and "patches of frames 4x56x56" in rows[0]["error"] and rows[1]["status"] == "ok"
+
+
 def test_engine_exception_becomes_error_rows(tmp_path):
     class Broken(SeedEngine):
         def generate(self, reqs):

@@ -5,6 +5,9 @@ the tiny judge) renders each request both ways (vLLM's renderer with the HF vide
 expansion, every multimodal tensor (dtype, shape, bytes), field layout, placeholder ranges and multimodal hashes.
 Then both are generated on the same engine and must give the same text, token ids and digit log-probs.
 Processor-level checks cover the other vLLM settings (bf16 model dtype, device normalization off) without an engine.
+The same identity holds when the decode stage ships the video patchified (`decode.patchify`): the clips go through the
+real `DecodeStage`, Ray's numpy batch conversion and `ScoreStage`'s request building, and the scoring actor hands vLLM
+the decode-made patches, again equal to vLLM's raw path in every input and output.
 The shared clips must be present (../shared/data/videos): the test fails, not skips, without them."""
 
 from __future__ import annotations
@@ -26,10 +29,15 @@ N_CLIPS = 3
 
 
 @pytest.fixture(scope="module")
-def clips():
+def clip_files():
     paths = shared_clips()[:N_CLIPS]
     assert len(paths) == N_CLIPS and all(p.exists() for p in paths), "the shared real clips are missing"
-    return [(p.name, decode_video(p.read_bytes(), DecodeConfig()).frames) for p in paths]
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def clips(clip_files):
+    return [(name, decode_video(data, DecodeConfig()).frames) for name, data in clip_files]
 
 
 def _kwargs_items(engine_input):
@@ -113,6 +121,63 @@ def test_pass_through_input_and_outputs_equal_the_official_vllm_path(engine, cli
         np.testing.assert_array_equal(b.digit_logprobs, a.digit_logprobs, err_msg=name)
 
 
+def _decode_stage_batch(clip_files, patchify):
+    """The clips through the real decode stage, then Ray's own block -> numpy batch conversion (what ScoreStage gets)."""
+    from ray.data.block import BlockAccessor
+
+    from pipeline.stages.decode import DecodeStage
+
+    n = len(clip_files)
+    col = lambda xs: np.array(xs, dtype=object)  # noqa: E731
+    batch = {"row_id": col([f"row{i}" for i in range(n)]), "key": col([name for name, _ in clip_files]),
+             "shard": col(["s.tar"] * n), "shard_group": col(["00000"] * n), "prompt": col(["a corgi surfing a wave"] * n),
+             "meta_json": col(["{}"] * n), "video": col([data for _, data in clip_files]), "status": col(["ok"] * n),
+             "error_stage": col([None] * n), "error": col([None] * n), "source_url": col([None] * n),
+             "start_s": col([None] * n), "end_s": col([None] * n), "content_hash": col([None] * n)}
+    table = DecodeStage(DecodeConfig(), patchify=patchify)(batch)
+    return BlockAccessor.for_block(table).to_batch_format("numpy")
+
+
+@pytest.mark.slow
+def test_decode_stage_patches_reach_vllm_as_the_official_input(engine, clip_files, clips, tmp_path):
+    """decode.patchify: the decode stage ships patches, the scoring actor passes them to vLLM untouched; the model
+    input (prompt ids, every tensor's dtype/shape/bytes, field layout, placeholders, mm hashes) and the outputs equal
+    vLLM's raw-prompt path on the frames the default decode gives."""
+    from pipeline.config import ScoreConfig
+    from pipeline.stages.score import ScoreStage
+
+    eng = engine
+    assert eng.takes_patches
+    batch = _decode_stage_batch(clip_files, patchify=True)
+    cfg = ScoreConfig.model_validate({"input": {"shards": "unused"}, "output": {"path": str(tmp_path / "out")},
+                                      "engine": eng.engine_cfg.model_dump(), "sampling": {"greedy": True, "max_new_tokens": 64}})
+    assert cfg.decode_patchify()  # the default for this engine
+    stage = ScoreStage(cfg, engine=eng)
+    ours, official = [], []
+    for i, (name, frames) in enumerate(clips):
+        assert batch["frames"][i].size == 0 and batch["patches"][i].shape == (video_token_count(frames) * 4, 1176), name
+        req = stage._request(stage._base(batch, i), batch, i)
+        assert req.frames is None and req.patches is not None and req.frame_shape == frames.shape[:3], name
+        np.testing.assert_array_equal(req.patches.frames(), frames, err_msg=name)  # the same bytes, permuted
+        ref = EngineRequest(request_id=req.request_id, prompt=req.prompt, frames=frames, video_meta=req.video_meta, seed=req.seed)
+        got = eng.vllm_prompt(req)
+        assert_same_engine_input(_official_input(eng, ref), got, name)
+        assert len(got["prompt_token_ids"]) == eng.expected_prompt_tokens(req) == eng.expected_prompt_tokens(ref)
+        ours.append(req)
+        official.append(ref)
+    outs = eng.generate(ours)
+    saved, eng._video = eng._video, None
+    try:
+        refs = eng.generate(official)
+    finally:
+        eng._video = saved
+    for (name, _), a, b in zip(clips, refs, outs):
+        assert a.error is None and b.error is None, (a.error, b.error)
+        assert a.output_tokens > 0, name
+        assert (b.text, b.token_ids, b.prompt_tokens) == (a.text, a.token_ids, a.prompt_tokens), name
+        np.testing.assert_array_equal(b.digit_logprobs, a.digit_logprobs, err_msg=name)
+
+
 @pytest.mark.slow
 def test_bad_frames_are_an_error_row(engine):
     prompt = engine.render_prompt(render("vs2-eval", "x"))
@@ -153,6 +218,11 @@ def test_processor_level_identity_for_other_vllm_settings(tiny_judge_dir, clips,
         assert_same_engine_input(official, ours, f"{name} {dtype} device_normalize={device_normalize}")
         want = "torch.uint8" if device_normalize else f"torch.{dtype}"
         assert str(_kwargs_items(ours)["pixel_values_videos"][0].dtype) == want
+        # the video already patchified (as the decode stage ships it with decode.patchify): the same input
+        from pipeline.vs2.processor import Patches
+
+        patched = pt.engine_input(prompt, Patches.of(frames), name)
+        assert_same_engine_input(official, patched, f"{name} {dtype} device_normalize={device_normalize} (patches)")
 
 
 def test_other_model_families_are_refused_with_the_fix():

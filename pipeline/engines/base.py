@@ -15,6 +15,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from pipeline.config import EngineConfig, SamplingConfig
+    from pipeline.vs2.processor import Patches
 
 
 @dataclasses.dataclass
@@ -22,11 +23,23 @@ class EngineRequest:
     request_id: str
     prompt: str
     """The full chat-formatted prompt text (system turn, video placeholder, user text, generation prompt)."""
-    frames: np.ndarray
-    """(T, H, W, 3) uint8, T even, H and W multiples of 28: the exact frames the model must see."""
+    frames: np.ndarray | None
+    """(T, H, W, 3) uint8, T even, H and W multiples of 28: the exact frames the model must see. None when the
+    video comes as `patches` (only to an engine whose `takes_patches` is true)."""
     video_meta: dict[str, Any]
     """fps (source), total_num_frames (source), duration, frames_indices: where the frames came from."""
     seed: int
+    patches: "Patches | None" = None
+    """The same frames in the HF patch layout (`pipeline.vs2.processor.Patches`, made by the decode stage with
+    `decode.patchify`), instead of `frames`."""
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(T, H, W) of the video, whichever way it is carried."""
+        if self.patches is not None:
+            return self.patches.frame_shape
+        t, h, w = self.frames.shape[:3]
+        return int(t), int(h), int(w)
 
 
 @dataclasses.dataclass
@@ -56,3 +69,9 @@ class Engine(Protocol):
         """Generate for every request; one output per request, same order."""
 
     def close(self) -> None: ...
+
+
+def takes_patches(engine: Any) -> bool:
+    """Whether `engine` takes requests whose video is `patches` (no frames); engines say so with a true
+    `takes_patches` attribute, every other engine gets frames."""
+    return bool(getattr(engine, "takes_patches", False))

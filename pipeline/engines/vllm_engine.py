@@ -7,6 +7,8 @@ them as a clip sampled at exactly 2 fps so that second_per_grid_ts = 1.0 as in t
 (see `pipeline.vs2.chat.nominal_video_metadata`). With `engine.video_processor=numpy` (the default; AsyncLLM path)
 the request is instead rendered here, with the video tensors pre-computed by numpy and vLLM's own processor doing
 the rest (`pipeline.engines.vllm_video`): the HF video processor never runs, the model input is byte-identical.
+On that path the engine also takes the video already patchified by the decode stage (`decode.patchify`,
+`EngineRequest.patches`), so the scoring actor only wraps the bytes it receives.
 
 Soft-score inputs: every request asks for the log-probabilities of the five digit tokens at every
 generated position (`SamplingParams.logprob_token_ids`, vLLM >= 0.3x; older versions fall back to the
@@ -95,7 +97,7 @@ def video_uuid(req: EngineRequest) -> str:
     `sampling.num_samples` (`<row_id>#j`) carry the same video, so they share its id. The shape guards
     against a caller reusing an id for other frames."""
     base = req.request_id.split("#", 1)[0]
-    t, h, w = req.frames.shape[:3]
+    t, h, w = req.frame_shape
     return f"vscore:{base}:{t}x{h}x{w}"
 
 
@@ -207,6 +209,12 @@ class VLLMEngine:
     def render_prompt(self, user_text: str) -> str:
         return render_chat(self.processor, user_text)
 
+    @property
+    def takes_patches(self) -> bool:
+        """Requests may carry the video as decode-made `Patches` (`decode.patchify`): handed to vLLM as they are, so
+        the scoring actor does no per-pixel work. True on the pre-processed path (AsyncLLM, video_processor=numpy)."""
+        return self._video is not None
+
     @staticmethod
     def _sampling_param_fields() -> set[str]:
         import inspect
@@ -243,12 +251,14 @@ class VLLMEngine:
         """The request as vLLM takes it: a rendered `EngineInput` with the video pre-processed (numpy path), else a
         raw prompt with the frames, rendered by vLLM (the HF video processor runs in its front-end)."""
         if self._video is not None:
-            return self._video.engine_input(req.prompt, req.frames, video_uuid(req) if self.mm_uuids else None)
-        meta = nominal_video_metadata(req.frames, self.video_fps)
+            video = req.patches if req.patches is not None else req.frames
+            return self._video.engine_input(req.prompt, video, video_uuid(req) if self.mm_uuids else None)
+        frames = req.frames if req.frames is not None else req.patches.frames()
+        meta = nominal_video_metadata(frames, self.video_fps)
         meta["do_sample_frames"] = False
         prompt = {
             "prompt": req.prompt,
-            "multi_modal_data": {"video": (req.frames, meta)},
+            "multi_modal_data": {"video": (frames, meta)},
             "mm_processor_kwargs": dict(self.mm_processor_kwargs),
         }
         if self.mm_uuids:
@@ -262,7 +272,10 @@ class VLLMEngine:
         n_pad = sum(1 for i in ids if i == pad)
         if n_pad != 1:
             raise ValueError(f"prompt must hold exactly one {VIDEO_PAD} placeholder, found {n_pad}")
-        return len(ids) - 1 + video_token_count(req.frames)
+        if req.patches is None:
+            return len(ids) - 1 + video_token_count(req.frames)
+        p = req.patches  # validated when made (pipeline.vs2.processor.Patches)
+        return len(ids) - 1 + p.data.shape[0] // (p.merge_size * p.merge_size)
 
     def _validate(self, req: EngineRequest) -> None:
         n = self.expected_prompt_tokens(req)

@@ -31,13 +31,24 @@ then cast the same way.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from vllm.multimodal.parse import ModalityDataItems, MultiModalDataItems
 
-from pipeline.vs2.processor import VideoProcessorSettings, normalize, patchify
+from pipeline.vs2.processor import Patches, VideoProcessorSettings, normalize, patchify
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing `a`'s memory. Patches from a Ray batch are read-only views of the object store block: vLLM only
+    reads (serializes) them, so torch's warning about non-writable arrays does not apply."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 class PatchedVideo(ModalityDataItems[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]):
@@ -85,20 +96,30 @@ class VideoPassThrough:
         self.second_per_grid = settings.temporal_patch_size / float(video_fps)
         self.mm_processor_kwargs = dict(mm_processor_kwargs)  # same kwargs as the official path: same mm hash
 
-    def tensors(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
-        """The HF processor's outputs for `frames` (T, H, W, 3) uint8, as vLLM's front-end would hand them on."""
-        patches, grid = patchify(frames, self.settings)
+    def takes(self, patches: Patches) -> bool:
+        """Whether `patches` (made elsewhere, e.g. by the decode stage) have this checkpoint's patch geometry."""
+        return patches.same_layout(self.settings)
+
+    def tensors(self, video: np.ndarray | Patches) -> dict[str, torch.Tensor]:
+        """The HF processor's outputs for a video, as vLLM's front-end would hand them on: `video` is (T, H, W, 3)
+        uint8 frames (patchified here) or `Patches` made by the decode stage (used as they are)."""
+        if isinstance(video, Patches) and not self.takes(video):  # another geometry: back to frames (exact), re-patchify
+            video = video.frames()
+        if isinstance(video, Patches):
+            patches, grid = video.data, video.grid
+        else:
+            patches, grid = patchify(video, self.settings)
         if self.device_normalize:  # the model normalizes on the device: raw bytes, as vLLM's HF call returns them
-            pixel_values = torch.from_numpy(patches)
+            pixel_values = _tensor(patches)
         else:  # HF float32 rescale + normalize, then vLLM's cast of floating outputs to the model dtype
             pixel_values = torch.from_numpy(normalize(patches, self.settings)).to(self.dtype)
         seconds = torch.tensor([self.second_per_grid], dtype=torch.float32).to(self.dtype)
         return {"pixel_values_videos": pixel_values, "video_grid_thw": torch.from_numpy(grid),
                 "second_per_grid_ts": seconds}
 
-    def engine_input(self, prompt: str, frames: np.ndarray, video_uuid: str | None) -> dict[str, Any]:
-        """vLLM's `MultiModalInput` for a chat prompt holding one `<|video_pad|>` and its frames."""
-        items = MultiModalDataItems({"video": PatchedVideo(self.tensors(frames))})
+    def engine_input(self, prompt: str, video: np.ndarray | Patches, video_uuid: str | None) -> dict[str, Any]:
+        """vLLM's `MultiModalInput` for a chat prompt holding one `<|video_pad|>` and its video (frames or patches)."""
+        items = MultiModalDataItems({"video": PatchedVideo(self.tensors(video))})
         uuids = {"video": [video_uuid]} if video_uuid else None
         out = self.processor(prompt, items, uuids, hf_processor_mm_kwargs=self.mm_processor_kwargs)
         out["prompt"] = prompt  # as the renderer sets it (RequestOutput.prompt)

@@ -102,9 +102,10 @@ def build_dataset(cfg: ScoreConfig, shards: list[str], stats_name: str | None = 
                         ray_remote_args_fn=_read_remote_args(cfg.input.read_num_cpus))
     if cfg.input.limit:
         ds = ds.limit(cfg.input.limit)
-    # 2. decode: CPU actors; video bytes in, uint8 frames out (bytes dropped here).
+    # 2. decode: CPU actors; video bytes in, uint8 frames out (bytes dropped here), in the patch layout when the
+    # engine takes it (decode.patchify): the scoring actor then does no per-pixel work.
     d = cfg.decode
-    ds = ds.map_batches(DecodeStage, fn_constructor_args=(d, cfg.prefilter), batch_size=d.batch_size, batch_format="numpy",
+    ds = ds.map_batches(DecodeStage, fn_constructor_args=(d, cfg.prefilter, cfg.decode_patchify()), batch_size=d.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(min_size=plan.decode_actors_min, max_size=plan.decode_actors_max),
                         num_cpus=d.num_cpus, memory=d.memory)
     # 3. score: accelerator actors owning one engine each. Both pools run with a minimum of 1: a cluster smaller

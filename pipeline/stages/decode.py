@@ -21,6 +21,7 @@ from pipeline.stages.prefilter import Prefilter
 from pipeline.video.decode import DecodeError, decode_video
 from pipeline.video.signals import compute_signals
 from pipeline.video.seek import decode_span
+from pipeline.vs2.processor import Patches
 
 
 _EMPTY_FRAMES_SHAPE = (0, 0, 0, 3)
@@ -43,10 +44,10 @@ def _float_or_none(v: Any) -> float | None:
     return None if v != v else v
 
 
-def _frames_type() -> pa.DataType:
+def _frames_type(ndim: int = 4) -> pa.DataType:
     from ray.data.extensions import ArrowVariableShapedTensorType
 
-    return ArrowVariableShapedTensorType(dtype=pa.uint8(), ndim=4)
+    return ArrowVariableShapedTensorType(dtype=pa.uint8(), ndim=ndim)
 
 
 class DecodeStage:
@@ -62,23 +63,30 @@ class DecodeStage:
     A decoded row that fails the prefilter becomes status "skipped", error_stage "prefilter", error = the failed
     condition(s), with empty frames (its probe and signal columns stay). `src_fps`/`total_frames` (0 when not
     decoded) feed the engine's video metadata; `fps`/`src_frames` are the same facts as output columns (null).
+
+    With `patchify` (`decode.patchify`, on when the engine takes patches: `ScoreConfig.decode_patchify`) a decoded
+    row ships its frames in the HF patch layout instead (`patches`, uint8 (grid_t*grid_h*grid_w, 1176): the same
+    bytes, permuted, `pipeline.vs2.processor.Patches`) and `frames` is empty; signals and the prefilter still see the
+    frames. Without it `patches` is empty (0, 1176). Never both: the bytes in transit stay one copy of the frames.
     """
 
     PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", "source_url", "content_hash")
     SPAN_COLUMNS = ("start_s", "end_s")  # floats, passed through; a row with either decodes that span of its video
     INPUT_COLUMNS = PASS_THROUGH + SPAN_COLUMNS + ("video", "status", "error_stage", "error")
-    OUTPUT_COLUMNS = PASS_THROUGH + SPAN_COLUMNS + ("status", "error_stage", "error", "frames", "frame_indices", "num_frames",
+    OUTPUT_COLUMNS = PASS_THROUGH + SPAN_COLUMNS + ("status", "error_stage", "error", "frames", "patches", "frame_indices", "num_frames",
                                                     "width", "height", "duration_s", "src_fps", "total_frames", "decode_s",
                                                     "fps", "src_width", "src_height", "src_frames") + SIGNAL_COLUMNS
 
-    def __init__(self, cfg: DecodeConfig, prefilter: PrefilterConfig | None = None) -> None:
+    def __init__(self, cfg: DecodeConfig, prefilter: PrefilterConfig | None = None, patchify: bool = False) -> None:
         self.cfg = cfg
         self.prefilter = Prefilter(prefilter)
+        self.patchify = bool(patchify)
 
     @staticmethod
     def output_types() -> dict[str, pa.DataType]:
         types = {c: pa.string() for c in DecodeStage.PASS_THROUGH + ("status", "error_stage", "error", "frame_indices")}
-        types.update(start_s=pa.float64(), end_s=pa.float64(), frames=_frames_type(), num_frames=pa.int32(), width=pa.int32(),
+        types.update(start_s=pa.float64(), end_s=pa.float64(), frames=_frames_type(), patches=_frames_type(2),
+                     num_frames=pa.int32(), width=pa.int32(),
                      height=pa.int32(), duration_s=pa.float64(), src_fps=pa.float64(), total_frames=pa.int64(), decode_s=pa.float64(),
                      fps=pa.float64(), src_width=pa.int32(), src_height=pa.int32(), src_frames=pa.int64(),
                      motion=pa.float64(), flicker=pa.float64(), blank_fraction=pa.float64(), sharpness=pa.float64(),
@@ -89,11 +97,15 @@ class DecodeStage:
     def empty_frames() -> np.ndarray:
         return np.zeros(_EMPTY_FRAMES_SHAPE, dtype=np.uint8)
 
+    @staticmethod
+    def empty_patches() -> np.ndarray:
+        return np.zeros((0, 3 * Patches.temporal_patch_size * Patches.patch_size ** 2), dtype=np.uint8)
+
     def decode_row(self, video: Any, status: str, error_stage: str | None, error: str | None,
                    span: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
         """Output fields (all but the pass-through ones) for one row; `span` = (start_s, end_s) of a clip."""
         res: dict[str, Any] = {"status": status, "error_stage": error_stage, "error": error,
-                               "frames": self.empty_frames(), "frame_indices": "", "num_frames": 0,
+                               "frames": self.empty_frames(), "patches": self.empty_patches(), "frame_indices": "", "num_frames": 0,
                                "width": 0, "height": 0, "duration_s": 0.0, "src_fps": 0.0, "total_frames": 0,
                                "decode_s": 0.0, "fps": None, "src_width": None, "src_height": None, "src_frames": None,
                                **{c: None for c in SIGNAL_COLUMNS}}
@@ -116,6 +128,11 @@ class DecodeStage:
                 res.update(compute_signals(dv.frames).as_dict())
             except Exception:  # noqa: BLE001 - a signal that cannot be measured is null, never a lost row
                 pass
+            if self.patchify:
+                try:
+                    res.update(patches=Patches.of(dv.frames).data, frames=self.empty_frames())
+                except ValueError:  # frames the model cannot take: shipped as frames, the scoring stage rejects them
+                    pass
         res["decode_s"] = time.perf_counter() - t0
         return res
 
@@ -126,7 +143,8 @@ class DecodeStage:
         decoded = [r for r in rows if r["status"] == "ok"]
         for r, failed in zip(decoded, self.prefilter.failed(decoded)):
             if failed is not None:
-                r.update(status="skipped", error_stage=PREFILTER_STAGE, error=failed, frames=self.empty_frames())
+                r.update(status="skipped", error_stage=PREFILTER_STAGE, error=failed, frames=self.empty_frames(),
+                         patches=self.empty_patches())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from ray.data.extensions import ArrowVariableShapedTensorArray
@@ -148,9 +166,9 @@ class DecodeStage:
         for c in self.OUTPUT_COLUMNS:
             if c in cols:
                 continue
-            if c == "frames":
-                frames = [r["frames"] for r in rows]
-                cols[c] = ArrowVariableShapedTensorArray.from_numpy(frames) if n else pa.array([], type=types[c])
+            if c in ("frames", "patches"):
+                arrays = [r[c] for r in rows]
+                cols[c] = ArrowVariableShapedTensorArray.from_numpy(arrays) if n else pa.array([], type=types[c])
             else:
                 cols[c] = pa.array([r[c] for r in rows], type=types[c])
         return pa.Table.from_arrays([cols[c] for c in self.OUTPUT_COLUMNS], names=list(self.OUTPUT_COLUMNS))

@@ -19,9 +19,10 @@ import pyarrow as pa
 
 from pipeline.vs2 import templates
 from pipeline.config import ScoreConfig
-from pipeline.engines.base import EngineOutput, EngineRequest
+from pipeline.engines.base import EngineOutput, EngineRequest, takes_patches
 from pipeline.engines.registry import make_engine
 from pipeline.vs2.parse import parse_output
+from pipeline.vs2.processor import Patches
 from pipeline.schema import OUTPUT_SCHEMA, PREFILTER_COLUMNS, make_seed, one_line, rows_to_table
 from pipeline.vs2.soft_score import soft_scores
 from pipeline.run.stats import Reporter, storage_retries
@@ -37,6 +38,7 @@ PASS_THROUGH = ("row_id", "key", "shard", "shard_group", "prompt", "meta_json", 
 
 
 class ScoreStage:
+    # `patches` (the decode stage's, with decode.patchify) is read when present: the video then comes as patches, not frames
     INPUT_COLUMNS = PASS_THROUGH + ("frames", "frame_indices", "src_fps", "total_frames")
 
     def __init__(self, cfg: ScoreConfig, stats_name: str | None = None, engine: Any = None,
@@ -76,14 +78,18 @@ class ScoreStage:
         if not isinstance(row["prompt"], str):
             raise ValueError(f"prompt is {type(row['prompt']).__name__}, not text")
         user_text = templates.render(self.cfg.prompt.template, row["prompt"])
-        frames = np.ascontiguousarray(batch["frames"][i])
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 2:
-            raise ValueError(f"frames must be (T>=2, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+        frames, patches = None, _patches(batch, i)
+        if patches is not None and not takes_patches(self.engine):  # this engine needs frames: back to frames (exact)
+            frames, patches = patches.frames(), None
+        if patches is None and frames is None:
+            frames = np.ascontiguousarray(batch["frames"][i])
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 2:
+                raise ValueError(f"frames must be (T>=2, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
         indices = json.loads(_py(batch["frame_indices"][i]) or "[]")
         meta = {"fps": float(batch["src_fps"][i]), "total_num_frames": int(batch["total_frames"][i]),
                 "duration": float(batch["duration_s"][i]), "frames_indices": indices}
         return EngineRequest(request_id=row["row_id"], prompt=self.engine.render_prompt(user_text),
-                             frames=frames, video_meta=meta, seed=row["seed"])
+                             frames=frames, video_meta=meta, seed=row["seed"], patches=patches)
 
     def _fill(self, row: dict[str, Any], out: EngineOutput) -> None:
         row.update(raw_output=out.text or None, prompt_tokens=out.prompt_tokens, output_tokens=out.output_tokens)
@@ -275,7 +281,19 @@ def _resample(req: EngineRequest, j: int, base_seed: int) -> EngineRequest:
         return req
     rid = f"{req.request_id}#{j}"
     return EngineRequest(request_id=rid, prompt=req.prompt, frames=req.frames, video_meta=req.video_meta,
-                         seed=make_seed(base_seed, rid))
+                         seed=make_seed(base_seed, rid), patches=req.patches)
+
+
+def _patches(batch: dict[str, Any], i: int) -> Patches | None:
+    """Row i's video as the decode stage patchified it (`decode.patchify`), else None (the row carries frames).
+    Its (T, H, W) are the row's num_frames, height, width; `Patches` checks the bytes against them."""
+    if "patches" not in batch:
+        return None
+    data = batch["patches"][i]
+    if data is None or np.size(data) == 0:
+        return None
+    shape = (int(batch["num_frames"][i]), int(batch["height"][i]), int(batch["width"][i]))
+    return Patches(np.ascontiguousarray(data), shape)
 
 
 class InflightLog:

@@ -51,10 +51,57 @@ class VideoProcessorSettings:
                    float(vp.rescale_factor), int(vp.patch_size), int(vp.temporal_patch_size), int(vp.merge_size))
 
 
-def patchify(frames: np.ndarray, s: VideoProcessorSettings) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Patches:
+    """One video's frames in the HF patch layout (`patchify`): the same uint8 bytes as the frames, permuted, with the
+    frames' (T, H, W) and the patch geometry. What the decode stage ships instead of frames when the engine takes
+    them (`decode.patchify`): the scoring actor hands them to vLLM as they are."""
+
+    data: np.ndarray  # (grid_t*grid_h*grid_w, 3*tp*p*p) uint8
+    frame_shape: tuple[int, int, int]  # (T, H, W) of the frames they hold
+    patch_size: int = PATCH
+    temporal_patch_size: int = TEMPORAL_PATCH
+    merge_size: int = MERGE
+
+    def __post_init__(self) -> None:
+        t, h, w = self.frame_shape
+        p, tp, m = self.patch_size, self.temporal_patch_size, self.merge_size
+        if t <= 0 or t % tp or h <= 0 or w <= 0 or h % (p * m) or w % (p * m):
+            raise ValueError(f"patches of frames {t}x{h}x{w}: T must be a positive multiple of {tp}, H and W of {p * m}")
+        want = ((t // tp) * (h // p) * (w // p), 3 * tp * p * p)
+        d = self.data
+        if not isinstance(d, np.ndarray) or d.dtype != np.uint8 or d.shape != want:
+            raise ValueError(f"patches of frames {t}x{h}x{w} must be uint8 {want}, got "
+                             f"{getattr(d, 'dtype', type(d).__name__)} {getattr(d, 'shape', None)}")
+
+    @property
+    def grid(self) -> np.ndarray:
+        """video_grid_thw (1, 3) int64, as the HF processor returns it."""
+        t, h, w = self.frame_shape
+        return np.array([[t // self.temporal_patch_size, h // self.patch_size, w // self.patch_size]], dtype=np.int64)
+
+    def same_layout(self, s: Any) -> bool:
+        """Whether `s` (settings) patchifies with this geometry."""
+        return (s.patch_size, s.temporal_patch_size, s.merge_size) == (self.patch_size, self.temporal_patch_size, self.merge_size)
+
+    def frames(self) -> np.ndarray:
+        """The (T, H, W, 3) uint8 frames back: the inverse permutation (exact)."""
+        return unpatchify(self.data, self.frame_shape, self)
+
+    @classmethod
+    def of(cls, frames: np.ndarray, s: Any = None) -> "Patches":
+        """`frames` (T, H, W, 3) uint8 patchified with `s`'s geometry (default: the Qwen2-VL constants)."""
+        s = s or cls
+        data, _ = patchify(frames, s)
+        t, h, w = frames.shape[:3]
+        return cls(data, (int(t), int(h), int(w)), s.patch_size, s.temporal_patch_size, s.merge_size)
+
+
+def patchify(frames: np.ndarray, s: Any) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 patches (grid_t*grid_h*grid_w, 3*tp*p*p), video_grid_thw int64 (1, 3)) of one video of uint8
     frames (T, H, W, 3) with T a multiple of the temporal patch and H, W of patch x merge: the HF processor's
-    patch layout, on the raw bytes (the same bytes as the frames, permuted)."""
+    patch layout, on the raw bytes (the same bytes as the frames, permuted). `s`: anything with patch_size,
+    merge_size and temporal_patch_size (`VideoProcessorSettings`, `Patches`)."""
     t, h, w = check_frames(frames)
     p, m, tp = s.patch_size, s.merge_size, s.temporal_patch_size
     gt, gh, gw = t // tp, h // p, w // p
@@ -62,6 +109,16 @@ def patchify(frames: np.ndarray, s: VideoProcessorSettings) -> tuple[np.ndarray,
     # (gt, tp, gh/m, m, p, gw/m, m, p, C) -> (gt, gh/m, gw/m, m_h, m_w, C, tp, p_h, p_w)
     x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
     return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), np.array([[gt, gh, gw]], dtype=np.int64)
+
+
+def unpatchify(patches: np.ndarray, frame_shape: tuple[int, int, int], s: Any) -> np.ndarray:
+    """The inverse of `patchify`: (T, H, W, 3) uint8 frames from their patches (`s`: the geometry they were made with)."""
+    t, h, w = frame_shape
+    p, m, tp = s.patch_size, s.merge_size, s.temporal_patch_size
+    gt, gh, gw = t // tp, h // p, w // p
+    c = patches.shape[-1] // (tp * p * p)
+    x = patches.reshape(gt, gh // m, gw // m, m, m, c, tp, p, p).transpose(0, 6, 1, 3, 7, 2, 4, 8, 5)
+    return np.ascontiguousarray(x.reshape(t, h, w, c))
 
 
 def normalize(patches: np.ndarray, s: VideoProcessorSettings) -> np.ndarray:
