@@ -76,7 +76,14 @@ def test_report_prints_the_table_and_the_reference_line(feed):
     assert "| part | baseline | lean |" in text and "| **total (process CPU)** | 90.0 | 48.4 |" in text
     assert "| target | <= 35 | <= 35 |" in text and "<= 70" in text
     assert "| 5s@480p | 12.0 MB | 48.0 MB | 4.00x | 1.34 / 5.37 Gbit/s | 18.0 / 22.0 / 8.0 / 15.0 |" in text
-    assert lines[-1] == "actor CPU per video at the reference workload: 48 ms (budget 70; variant lean)"
+    ref = next(l for l in lines if l.startswith("actor CPU"))
+    assert ref == "actor CPU per video at the reference workload: 48 ms (budget 70; variant lean; batches of 4, 1 in flight)"
+    assert "target 5s@480p <= 35 ms: NOT met (48.4 ms, variant lean, 1-min load 3.0/3.5)" in lines
+    res["feed"]["results"]["5s@480p"]["decodepatch"] = _result(50.0, 0)  # the pipeline's default is the reference, not the best
+    res["feed"].update(batch=16, inflight=2)
+    lines = feed.report(res)
+    assert lines[-2:] == ["actor CPU per video at the reference workload: 50 ms (budget 70; variant decodepatch; batches of 16, "
+                          "2 in flight)", "target 5s@480p <= 35 ms: NOT met (50.0 ms, variant decodepatch, 1-min load 3.0/3.5)"]
     assert feed.report({}) == []
 
 
@@ -93,13 +100,28 @@ def test_make_batch_is_shaped_like_the_decode_stage_output(feed):
     firsts = {bytes(f[0, 0, 0]) for f in b["frames"]}
     assert len(firsts) == 3  # every video differs: no cache can serve a repeat
     assert list(b["row_id"]) == ["feed-000007", "feed-000008", "feed-000009"]
+    assert all(p.shape == (0, 1176) for p in b["patches"])
+    # decode.patchify: patches (the same bytes, permuted) instead of frames, as the decode stage ships them
+    from pipeline.vs2.processor import Patches
+
+    p = feed.make_batch([dv], 3, start=7, patchify=True)
+    assert all(f.size == 0 for f in p["frames"])
+    for f, q in zip(b["frames"], p["patches"]):
+        assert np.array_equal(Patches(q, f.shape[:3]).frames(), f)
 
 
-def test_variants_compare_the_hf_processor_with_the_pass_through(feed):
-    """`lean` keeps vLLM's HF video processor, `passthrough` is the engine's default (numpy pre-processed video)."""
-    from pipeline.config import EngineConfig
+def test_variants_compare_the_hf_processor_with_the_pass_through_and_decode_patches(feed, tmp_path):
+    """`lean` keeps vLLM's HF video processor, `passthrough` pre-processes the frames with numpy in the actor,
+    `decodepatch` (the pipeline's default config) gets them patchified by the decode stage."""
+    from pipeline.config import EngineConfig, ScoreConfig
 
     assert feed.VARIANTS["lean"][1]["video_processor"] == "hf"
-    assert feed.VARIANTS["passthrough"] == ({}, {"video_processor": "numpy"})
-    assert EngineConfig().video_processor == "numpy"
-    assert all(opts.get("video_processor") == "hf" for v, (_, opts) in feed.VARIANTS.items() if v != "passthrough")
+    assert feed.VARIANTS["passthrough"] == feed.VARIANTS["decodepatch"] == ({}, {"video_processor": "numpy"})
+    assert EngineConfig().video_processor == "numpy" and feed.PATCHED == {"decodepatch"} == {feed.DEFAULT_VARIANT}
+    assert all(opts.get("video_processor") == "hf" for v, (_, opts) in feed.VARIANTS.items() if v not in ("passthrough", "decodepatch"))
+    default = ScoreConfig.model_validate({"input": {"shards": "x"}, "output": {"path": "x"}})
+    for v in feed.VARIANTS:
+        cfg = feed.score_config(tmp_path, tmp_path, v, 300, 4096, 16, 2)
+        assert cfg.decode_patchify() is (v in feed.PATCHED)
+        assert (cfg.engine.max_num_seqs, cfg.engine.batch_size, cfg.engine.batches_in_flight) == (32, 16, 2)
+    assert default.decode_patchify() and (default.engine.batch_size, default.engine.batches_in_flight) == (16, 2)
