@@ -28,7 +28,8 @@ def test_constants_are_the_documented_ones():
     assert (r720.width, r720.height, r720.fps, r720.seconds, r720.videos_per_cpu_s) == (1280, 720, 24, 5, 3.66)
     assert (sizing.REAL_MIX_VIDEOS_PER_CPU_S, sizing.REAL_MIX_SKIP_NONREF_SPEEDUP) == (4.93, 1.34)
     assert sizing.PIPELINE_EFFICIENCY == 0.75
-    assert (sizing.SCORE_ACTOR_FIXED_S, sizing.SCORE_ACTOR_S_PER_VISUAL_TOKEN, sizing.IO_RAY_CORES_PER_GPU) == (0.0352, 7.03e-6, 1.0)
+    assert (sizing.SCORE_ACTOR_FIXED_S, sizing.SCORE_ACTOR_S_PER_VISUAL_TOKEN, sizing.IO_RAY_CORES_PER_GPU) == (0.0255, 2.47e-6, 1.0)
+    assert sizing.PATCHIFY_S_PER_VISUAL_TOKEN == 3.6e-6
     assert [(r.skip_nonref_speedup) for r in sizing.DECODE_REFS] == [1.24, 1.19]
     assert sizing.FRAME_BYTES_PER_VISUAL_TOKEN == 4704 and sizing.PROCESSED_BYTES_PER_VISUAL_TOKEN == 18816
     assert (sizing.REF_VISUAL_TOKENS, sizing.TEXT_PROMPT_TOKENS, sizing.OUTPUT_TOKENS) == (2550, 642, 300)
@@ -40,28 +41,31 @@ def test_readme_example_by_hand():
     rate = 2_000_000 / (8 * 3600)  # 69.444 videos/s
     gpu_rate = 6.0  # ASSUMED at the reference workload, and this clip *is* the reference workload
     gpus_exact = rate / gpu_rate  # 11.574
-    # measured 6.61 videos/s per core at 5 s 480p, x 1.24 with decode.skip_nonref (the default), pipeline keeps 75%
-    decode_core_s = (1 / (6.61 * 1.24)) / 0.75
-    decode_exact = rate * decode_core_s  # 11.297
-    # scoring actor (measured, issue 15): 35.2 ms + 7.03 us x 2,550 visual tokens = 53.1 ms per video
-    actor_exact = rate * (0.0352 + 7.03e-6 * 2550)  # 3.689
+    # measured 6.61 videos/s per core at 5 s 480p, x 1.24 with decode.skip_nonref (the default), pipeline keeps 75%;
+    # plus the decode stage's patchify (decode.patchify, the default): 3.6 us x 2,550 visual tokens, also / 0.75
+    patch_core_s = 3.6e-6 * 2550 / 0.75  # 12.2 ms
+    decode_core_s = (1 / (6.61 * 1.24)) / 0.75 + patch_core_s
+    decode_exact = rate * decode_core_s  # 11.297 + 0.850 = 12.147
+    # scoring actor (measured, issue 15, decode-made patches): 25.5 ms + 2.47 us x 2,550 visual tokens = 31.8 ms per video
+    actor_exact = rate * (0.0255 + 2.47e-6 * 2550)  # 2.208
     cpu_exact = decode_exact + actor_exact + 12 * 1.0  # + reads/writes/Ray per GPU
     # frames in transit: 10 frames x 476 x 840 x 3 bytes = 11,995,200 bytes per video
     net_mb_s = rate * 10 * 476 * 840 * 3 / 1e6  # 833.0 MB/s
-    assert round(gpus_exact, 3) == 11.574 and round(decode_exact, 3) == 11.297 and round(actor_exact, 3) == 3.689
+    assert round(gpus_exact, 3) == 11.574 and round(decode_exact, 3) == 12.147 and round(actor_exact, 3) == 2.208
     assert round(net_mb_s, 1) == 833.0
 
     s = size_job(make_job(2_000_000, 8, clip="5s@480p", gpu="h100"))
     assert s.videos_per_s == pytest.approx(rate)
     assert s.gpu_videos_per_s == pytest.approx(gpu_rate)
     assert s.gpus_exact == pytest.approx(gpus_exact) and s.gpus == 12
-    assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 12
+    assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 13
+    assert s.amounts["decode patchify (numpy)"] == pytest.approx(rate * patch_core_s)
     assert s.amounts["scoring actor CPU"] == pytest.approx(actor_exact)
     assert s.cpu_cores_exact == pytest.approx(cpu_exact) and s.cpu_cores == 27
     assert s.amounts["frames in transit"] == pytest.approx(net_mb_s)
-    assert (s.nodes_for_gpus, s.nodes_for_decode, s.nodes) == (2, 1, 2)  # 12 / 8 -> 2; 12 / 16 -> 1
-    assert s.decode_cores_per_gpu == pytest.approx(6.0 * decode_core_s)  # 0.98 cores keep one H100 busy
-    assert s.score_actor_cores_per_gpu == pytest.approx(6.0 * 0.0531265)  # 0.32 of a core per GPU
+    assert (s.nodes_for_gpus, s.nodes_for_decode, s.nodes) == (2, 1, 2)  # 12 / 8 -> 2; 13 / 16 -> 1
+    assert s.decode_cores_per_gpu == pytest.approx(6.0 * decode_core_s)  # 1.05 cores keep one H100 busy
+    assert s.score_actor_cores_per_gpu == pytest.approx(6.0 * 0.0317985)  # 0.19 of a core per GPU
     assert s.transit_mb_per_s_per_gpu == pytest.approx(6.0 * 11.9952)  # 72 MB/s = 0.58 Gbit/s per GPU
     assert s.tokens == {"visual": 2550, "prompt": 3192, "output": 300}
 
@@ -82,17 +86,18 @@ def test_long_1080p_clip_by_hand():
     # decode: nearest measured frame size is 720p (1280x720, 120 frames, 3.66 videos/s per core)
     # and decode.skip_nonref (the default) is 1.19x there
     decode_core_s = (1920 * 1080 * 300) / (1280 * 720 * 120 * 3.66 * 1.19) / 0.75  # 1.722 core-s per video
-    decode_exact = rate * decode_core_s  # 47.83 -> 48
-    actor_exact = rate * (0.0352 + 7.03e-6 * visual)  # 85.8 ms per video -> 2.384 cores
+    decode_core_s += 3.6e-6 * visual / 0.75  # + the decode stage's patchify: 34.6 ms
+    decode_exact = rate * decode_core_s  # 47.83 + 0.96 = 48.79 -> 49
+    actor_exact = rate * (0.0255 + 2.47e-6 * visual)  # 43.3 ms per video -> 1.202 cores
     assert round(flops / 1e12, 1) == 149.7 and round(gpu_rate, 3) == 2.470
-    assert round(gpus_exact, 3) == 11.245 and round(decode_exact, 2) == 47.83 and round(actor_exact, 3) == 2.384
+    assert round(gpus_exact, 3) == 11.245 and round(decode_exact, 2) == 48.79 and round(actor_exact, 3) == 1.202
 
     s = size_job(make_job(1_000_000, 10, clip="10s@1080p@30fps", gpus_per_node=4, decode_cores_per_node=64))
     assert s.tokens == {"visual": 7200, "prompt": 7842, "output": 300}
     assert s.gpu_videos_per_s == pytest.approx(gpu_rate)
     assert s.gpus_exact == pytest.approx(gpus_exact) and s.gpus == 12
-    assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 48
-    assert s.cpu_cores_exact == pytest.approx(decode_exact + actor_exact + 12) and s.cpu_cores == 63
+    assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 49
+    assert s.cpu_cores_exact == pytest.approx(decode_exact + actor_exact + 12) and s.cpu_cores == 62
     assert s.amounts["frames in transit"] == pytest.approx(rate * 20 * 560 * 1008 * 3 / 1e6)
     assert (s.nodes_for_gpus, s.nodes_for_decode, s.nodes) == (3, 1, 3)
     assert s.ceiling_videos_per_s == pytest.approx(800e12 / flops)
@@ -102,27 +107,31 @@ def test_given_gpu_rate_real_mix_skip_nonref_by_hand():
     # 500,000 real-mix videos in 5 h, measured 10 videos/s per GPU given, decode.skip_nonref on
     rate = 500_000 / (5 * 3600)  # 27.778
     gpus_exact = rate / 10  # 2.778 -> 3
-    decode_exact = rate / (4.93 * 1.34) / 0.75  # 5.606 -> 6
+    decode_exact = rate / (4.93 * 1.34) / 0.75 + rate * 3.6e-6 * 2550 / 0.75  # 5.606 + 0.340 = 5.946 -> 6
     s = size_job(make_job(500_000, 5, clip="real", gpu_videos_per_s=10, skip_nonref=True))
     assert s.gpus_exact == pytest.approx(gpus_exact) and s.gpus == 3
     assert s.decode_cores_exact == pytest.approx(decode_exact) and s.decode_cores == 6
-    actor_exact = rate * (0.0352 + 7.03e-6 * 2550)  # the real mix is sized at the reference workload's tokens
-    assert s.cpu_cores == math.ceil(decode_exact + actor_exact + 3) == 11
+    actor_exact = rate * (0.0255 + 2.47e-6 * 2550)  # the real mix is sized at the reference workload's tokens
+    assert s.cpu_cores == math.ceil(decode_exact + actor_exact + 3) == 10
     assert s.nodes == 1
     assert s.terms[0].status == "given"
 
 
 def test_decode_scales_by_decoded_pixels():
     # same frame size as a reference: exactly the measured rate; twice the frames: twice the cost
+    # (+ the decode stage's patchify: 3.6 us per visual token, which scales with the *kept* frames instead)
     full = dict(skip_nonref=False)
-    assert decode_cores_per_gpu("5s@720p", 3.66, **full) == pytest.approx(1 / 0.75)
+    patch = lambda tokens: 3.6e-6 * tokens / 0.75  # noqa: E731
+    assert decode_cores_per_gpu("5s@720p", 3.66, **full) == pytest.approx(1 / 0.75 + 3.66 * patch(3600))
     assert decode_cores_per_gpu("10s@720p", 1, **full) == pytest.approx(2 * decode_cores_per_gpu("5s@720p", 1, **full))
-    assert decode_cores_per_gpu("5s@480p@48fps", 1, **full) == pytest.approx(2 * decode_cores_per_gpu("5s@480p", 1, **full))
-    # 832x480 scales from the 480p reference by pixels per frame
-    assert decode_cores_per_gpu("8s@832x480", 1, **full) == pytest.approx(832 * 480 * 192 / (854 * 480 * 120 * 6.61) / 0.75)
-    # decode.skip_nonref (the default since issue 15) divides by the reference's measured speed-up
-    assert decode_cores_per_gpu("5s@720p", 3.66) == pytest.approx(1 / 0.75 / 1.19)
-    assert decode_cores_per_gpu("8s@832x480", 1) == pytest.approx(decode_cores_per_gpu("8s@832x480", 1, **full) / 1.24)
+    # twice the source frames at the same 2 fps plan: twice the decode, the same patchify
+    assert decode_cores_per_gpu("5s@480p@48fps", 1, **full) == pytest.approx(
+        2 * decode_cores_per_gpu("5s@480p", 1, **full) - patch(2550))
+    # 832x480 scales from the 480p reference by pixels per frame (8 s at 2 fps: 16 frames, 4,080 visual tokens)
+    assert decode_cores_per_gpu("8s@832x480", 1, **full) == pytest.approx(
+        832 * 480 * 192 / (854 * 480 * 120 * 6.61) / 0.75 + patch(sizing.judge_tokens(parse_clip("8s@832x480"))["visual"]))
+    # decode.skip_nonref (the default since issue 15) divides the decode by the reference's measured speed-up
+    assert decode_cores_per_gpu("5s@720p", 3.66) == pytest.approx(1 / 0.75 / 1.19 + 3.66 * patch(3600))
 
 
 @pytest.mark.parametrize("spec, want", [
@@ -151,21 +160,21 @@ def test_cli_table_and_json():
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert re.search(r"^GPUs \(H100\):\s+12\s+\(11\.57 at 6\.00 videos/s per GPU, ASSUMED", out, re.M)
-    assert re.search(r"^decode cores:\s+12\s+\(11\.30\)", out, re.M)
-    assert re.search(r"^nodes:\s+2\s+\(GPUs: 12 / 8 per node = 2; decode: 12 / 16 per node = 1\)", out, re.M)
+    assert re.search(r"^decode cores:\s+13\s+\(12\.15\)", out, re.M)
+    assert re.search(r"^nodes:\s+2\s+\(GPUs: 12 / 8 per node = 2; decode: 13 / 16 per node = 1\)", out, re.M)
     assert re.search(r"^network in all \(frames, decode -> scoring\): 833\.00 MB/s", out, re.M)
     assert "assumptions:" in out and "not measured yet:" in out and "ASSUMED" in out
 
     r = _cli("--videos", "2000000", "--hours", "8", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert (d["gpus"], d["decode_cores"], d["cpu_cores"], d["nodes"]) == (12, 12, 27, 2)
+    assert (d["gpus"], d["decode_cores"], d["cpu_cores"], d["nodes"]) == (12, 13, 27, 2)
     assert d["gpu_rate_status"] == "ASSUMED" and d["gpu_videos_per_s"] == 6.0
     assert d["gpus_exact"] == pytest.approx(2e6 / 28800 / 6)
-    assert [t["name"] for t in d["terms"]] == ["judge (vLLM)", "decode (PyAV)", "scoring actor CPU",
+    assert [t["name"] for t in d["terms"]] == ["judge (vLLM)", "decode (PyAV)", "decode patchify (numpy)", "scoring actor CPU",
                                                "reads, writes, driver, Ray", "frames in transit"]
     r = _cli("--videos", "2000000", "--hours", "8", "--no-skip-nonref", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["decode_cores"] == 15  # the full decode: 14.01
+    assert r.returncode == 0 and json.loads(r.stdout)["decode_cores"] == 15  # the full decode: 14.01 + 0.85 patchify
     assert d["assumptions"] and d["not_measured"]
 
     r = _cli("--videos", "2000000", "--hours", "8", "--gpu-videos-per-s", "8")
@@ -206,7 +215,7 @@ def test_readme_example_matches_calculator():
     assert not missing, f"README sizing example differs from `vscore plan {' '.join(args)}`: {missing}"
     numbers = {k: int(re.search(rf"^{k}[^:]*:\s+(\d+)", "\n".join(quoted), re.M)[1])
                for k in ("GPUs", "decode cores", "nodes")}
-    assert numbers == {"GPUs": 12, "decode cores": 12, "nodes": 2}  # the worked example above, by hand
+    assert numbers == {"GPUs": 12, "decode cores": 13, "nodes": 2}  # the worked example above, by hand
 
 
 def _doc_rows(path: Path) -> list[list[str]]:

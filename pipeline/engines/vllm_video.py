@@ -14,7 +14,9 @@ behind `enable_mm_embeds`), but it has two supported pieces this builds on:
   `_cached_apply_hf_processor`; that is how its embedding items work).
 
 So `VideoPassThrough.engine_input` builds one `PatchedVideo` item holding the tensors the HF processor would
-have produced (our numpy `patchify`, pipeline/vs2/processor.py) and runs the engine's own processor on it:
+have produced (our numpy `patchify`, pipeline/vs2/processor.py, or the `Patches` the decode stage already made with
+`decode.patchify`, wrapped as they are: then the scoring actor does no per-pixel work) and runs the engine's own
+processor on it:
 vLLM itself tokenizes the prompt, builds the field configs, expands the video placeholder from
 `video_grid_thw` and computes the multimodal hash from our UUID, exactly as on the official path. No model or
 processor is registered, nothing is patched, and the engine-core process needs nothing (it never processes

