@@ -28,7 +28,7 @@ ROW_AFFECTING = {
 NOT_ROW_AFFECTING = {
     "input.shards", "input.manifest", "input.storage.*", "input.samples_per_block", "input.limit", "input.read_num_cpus",
     "input.fetch_concurrency",
-    "decode.threads", "decode.skip_nonref", "decode.batch_size", "decode.num_cpus", "decode.actors",
+    "decode.threads", "decode.skip_nonref", "decode.patchify", "decode.batch_size", "decode.num_cpus", "decode.actors",
     "decode.min_actors", "decode.actors_per_engine", "decode.memory",
     "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.batch_size", "engine.batches_in_flight", "engine.actors", "engine.num_gpus", "engine.num_cpus",
