@@ -52,6 +52,7 @@ def test_vllm_actor_end_to_end(ray_local, s3, tiny_judge_dir, tmp_path):
         "output": {"path": str(out), "min_rows_per_file": 4},
         "ray": {"progress_bars": False},
     })
+    assert cfg.decode_patchify()  # the default for this engine: the decode stage ships patches, the actor wraps them
     summary = run(cfg, progress_every_s=20)
     rows = {r["key"]: r for r in pads.dataset(str(out), format="parquet", partitioning="hive").to_table().to_pylist()}
     assert len(rows) == n == summary["rows_out"]
