@@ -104,9 +104,9 @@ PIPELINE_EFFICIENCY = 0.75
 # wraps it, no per-pixel work), at the bench's reference concurrency (batches of 4, one at a time; the production
 # 16 x 2 in flight measured ~half of it). Linear in the visual tokens:
 # cpu_s = SCORE_ACTOR_FIXED_S + SCORE_ACTOR_S_PER_VISUAL_TOKEN x visual tokens, fitted through the highest
-# `decodepatch` figures of the 10:44, 11:02 and 11:07 UTC runs of 2026-12-04 (bench/results.md; load 8.5-35 on
-# 2 cores): 5 s 480p (2,550 visual tokens) 31.8 ms (29.1-31.8), 10 s 720p (7,200) 43.3 ms (25.0-43.3; 10 s 1080p,
-# the same frames, 23.5). (With the numpy patchify in the actor: 35.2 ms + 7.03 us per token; with the HF
+# `decodepatch` figures of the 10:44, 11:02, 11:07 and 11:36 UTC runs of 2026-12-04 (bench/results.md; load 8-35
+# on 2 cores): 5 s 480p (2,550 visual tokens) 31.8 ms (27.0-31.8), 10 s 720p (7,200) 43.3 ms (25.0-43.3; 10 s 1080p,
+# the same frames, 23.5-31.1). (With the numpy patchify in the actor: 35.2 ms + 7.03 us per token; with the HF
 # processor: 13.1 ms + 20.9 us.)
 SCORE_ACTOR_FIXED_S = 0.0255
 SCORE_ACTOR_S_PER_VISUAL_TOKEN = 2.47e-6
