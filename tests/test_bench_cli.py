@@ -99,16 +99,23 @@ def test_package_shape():
         visit(m, [])
 
 
-def test_soak_check_is_the_10_minute_plus_minus_10_percent_rule(modes):
+def test_soak_check_is_growth_over_minute_10_of_per_minute_peaks(modes):
     soak = modes.load("soak")
 
-    def row(t, v):
-        return {"t_min": t, **{k: v for k in soak.SERIES}}
+    def row(t, v, rows=None):
+        return {"t_min": t, "rows": t if rows is None else rows, "load1": 0.0, "spilled_total": 0.0, "by_kind": {},
+                "by_kind_private": {}, **{k: v for k in soak.SERIES}}
 
-    flat = [row(t, 100.0 + (t % 3)) for t in range(0, 61)]
-    c = soak.check(flat)
-    assert all(c[k]["pass"] and c[k]["at_10"] == 101.0 for k in soak.SERIES)
+    # six samples a minute; a sawtooth whose peak (103) is the same every minute: flat, whatever the phase
+    saw = [row(t / 6, 100.0 + 3 * (t % 6 == 5)) for t in range(0, 61 * 6)]
+    c = soak.check(saw)
+    assert all(c[k]["pass"] and c[k]["at_10"] == 103.0 for k in soak.CHECKED)
+    assert c["ray_rss_sum"]["pass"] is None and not c["ray_rss_sum"]["checked"]  # shown, not checked
+    assert len(soak.minutes(saw)) == 61 and soak.minutes(saw)[10]["samples"] == 6
     leak = [row(t, 100.0 + t) for t in range(0, 61)]  # +1 MiB a minute: x1.45 by minute 60
     c = soak.check(leak)
     assert not c["driver_rss"]["pass"] and c["driver_rss"]["max_ratio"] == round(160 / 110, 3)
+    # the minutes after the last row (actors leaving) are not growth and not checked
+    tail = [row(t, 100.0, rows=min(t, 50)) for t in range(0, 51)] + [row(t, 300.0, rows=50) for t in range(51, 55)]
+    assert soak.check(tail)["ray_private_sum"]["pass"]
     assert soak.check([row(t, 100.0) for t in range(0, 9)])["driver_rss"] is None  # shorter than 10 min: no verdict

@@ -99,7 +99,7 @@ class ProcSampler(Poller):
         procs = [self.root] + self.root.children(recursive=True)
         rss_sum = rss_max = 0
         pss_sum = 0
-        driver_now = (0, 0)
+        driver_now = (0, 0, 0)
         by_kind: dict[str, int] = {}
         # PSS reads /proc/PID/smaps_rollup, which walks every mapping (the object store is mapped in every
         # worker): ~0.2 core on 2 cores at 1 Hz, so only the memory runs ask for it
@@ -121,7 +121,7 @@ class ProcSampler(Poller):
                 self.cpu[k + " (sys)"] = self.cpu.get(k + " (sys)", 0.0) + max(0.0, ct.system - prev[1])
             self.last[p.pid] = (c, ct.system)
             if k == "driver":
-                driver_now = (mem.rss, pss)
+                driver_now = (mem.rss, pss, mem.rss - getattr(mem, "shared", 0))
                 self.peak["driver_rss"] = max(self.peak["driver_rss"], mem.rss)
                 self.peak["driver_pss"] = max(self.peak["driver_pss"], pss)
             elif k not in _NOT_RAY:
@@ -136,7 +136,7 @@ class ProcSampler(Poller):
             cum["_sampler"] = time.thread_time()  # this thread's own CPU, taken out of the driver's in window()
             self.series.append((time.time(), cum))
         private = sum(v for kk, v in by_kind.items() if kk.endswith(" private"))
-        self.current = {"driver_rss": driver_now[0], "driver_pss": driver_now[1], "others_rss_sum": rss_sum,
+        self.current = {"driver_rss": driver_now[0], "driver_pss": driver_now[1], "driver_private": driver_now[2], "others_rss_sum": rss_sum,
                         "others_private_sum": private, "pss_sum": pss_sum if do_pss else None, "by_kind": by_kind}
         self.peak["others_private_sum"] = max(self.peak.get("others_private_sum", 0), private)
         if rss_sum > self.peak["others_rss_sum"]:
