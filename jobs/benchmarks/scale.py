@@ -33,7 +33,9 @@ SUMMARY = "--scale: control plane vs rows (state start-up/RSS at 1e4..1e6 commit
 def add_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--scale", action="store_true", help=SUMMARY)
     g.add_argument("--scale-state-sizes", default="10000,100000,1000000", help="committed rows for the state part")
-    g.add_argument("--scale-pipeline-sizes", default="1000,10000", help="rows for the real-pipeline part ('' to skip)")
+    g.add_argument("--scale-pipeline-sizes", default="10000,100000,1000000",
+                   help="rows for the real-pipeline part ('' to skip); ~40 rows/s on 2 shared vCPUs (the score store's "
+                        "per-row requests to moto dominate), so 10^6 is hours there")
     g.add_argument("--scale-backends", default="local,s3", help="local, s3 (embedded moto): the state part")
     g.add_argument("--scale-pipeline-backend", default="s3", choices=("s3", "local"),
                    help="where the real-pipeline part's input shards and output live (s3: the embedded moto, in a child process)")

@@ -31,6 +31,12 @@ from typing import Any
 from .common import ROOT
 from .procs import Poller
 
+# Scoring: the FixedOutputEngine answers at once, so a batch's time in the scoring actor is the control plane's:
+# above all one score-store GET and PUT per row (`pipeline.stages.score_cache`, sequential within a batch), and
+# the scoring actor is where blocks queue (one actor). 4 batches in flight (the production default is 2, the
+# other benchmarks use 1) let those requests overlap; on this loaded 2-core machine the rate was set by the
+# load either way (1 in flight: 49 rows/s at load 3.9; 4 in flight: 39 rows/s at load 9.4, 10^4 rows).
+SCORE_SETTINGS = ["engine.batches_in_flight=4"]
 MICRO_DECODE = ["decode.min_frames=2", "decode.max_frames=2", "decode.min_pixels=784", "decode.max_pixels=784",
                 "decode.total_pixels=3136"]
 BUCKET = "vscore-scale"
@@ -172,7 +178,7 @@ def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path, child
     from .runner import Runner, pipeline_config
 
     clips = micro_clips(work)
-    runner = Runner(work, [])
+    runner = Runner(work, list(getattr(args, "pipeline_set", [])))  # init_ray sees --pipeline-set (ray.*)
     out: dict[str, Any] = {}
     on_s3 = getattr(args, "scale_pipeline_backend", "s3") == "s3"
     moto: MotoChild | None = None
@@ -200,7 +206,7 @@ def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path, child
             prep_s = time.perf_counter() - t
             if runner.ray_init_s is None:
                 runner.init_ray(str(local / "shard-*.tar"))
-            cfg = pipeline_config(shards, dest, ["output.min_rows_per_file=64", *MICRO_DECODE, *storage,
+            cfg = pipeline_config(shards, dest, ["output.min_rows_per_file=64", *MICRO_DECODE, *SCORE_SETTINGS, *storage,
                                                  *getattr(args, "pipeline_set", [])])
             load = LoadWatcher()
             load_before = os.getloadavg()[0]
@@ -231,6 +237,7 @@ def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path, child
                  "resume": resume_start, "load1": {"before": round(load_before, 2), **load.summary()},
                  "backend": "s3 (moto, child process)" if moto is not None else "local"}
             out[str(n)] = r
+            (work / f"scale-pipeline-{n}.json").write_text(json.dumps(r))  # kept if a later, larger size fails
             print(f"[bench] scale pipeline {n}: {r['vps']} videos/s, driver RSS peak {r['driver_rss_peak_mib']} MiB, Ray RSS sum "
                   f"{r['ray_rss_sum_peak_mib']} MiB (PSS {r['ray_pss_sum_peak_mib']}), {r['files']} files, objects {objects}, "
                   f"driver CPU {r['driver_cpu_per_row_ms']} ms/row, control plane "
