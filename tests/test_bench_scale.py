@@ -73,3 +73,17 @@ def test_control_plane_cpu_leaves_out_decode_and_the_storage_server():
                           "score actor": 2.0}, 1000)
     assert per["driver"] == 1.0 and per["decode actors"] == 5.0
     assert per["control plane (all but decode actors and moto)"] == 3.0
+
+
+def test_load_watcher_writes_a_progress_line_per_poll(tmp_path):
+    import json
+    import time
+
+    w = sp.LoadWatcher(tmp_path / "p.jsonl")
+    w.every = 0.05
+    with w:
+        time.sleep(0.3)
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(lines) >= 2 and len(lines) == len(w.series) == len(w.driver_rss_mib)
+    assert all(x["driver_rss_mib"] > 10 and x["rows_scored"] is None for x in lines)  # no run, no stats actor
+    assert w.summary()["samples"] == len(lines)

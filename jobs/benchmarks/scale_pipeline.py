@@ -125,16 +125,38 @@ def micro_shards(work: Path, clips: list[bytes], n: int, shard_size: int) -> Pat
 
 
 class LoadWatcher(Poller):
-    """The machine's 1-minute load average every 10 s (other sessions share the cores)."""
+    """The machine's 1-minute load average (other sessions share the cores) and the driver's RSS, every 10 s."""
 
     every = 10.0
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Path | None = None) -> None:
         super().__init__()
         self.series: list[float] = []
+        self.driver_rss_mib: list[int] = []
+        self.progress = progress  # a JSON line per poll (time, load, driver RSS, rows scored): kept if the run is cut
+        self._stats = None
+
+    def _rows(self) -> int | None:
+        import ray
+
+        try:
+            if self._stats is None:
+                names = [a["name"] if isinstance(a, dict) else a for a in ray.util.list_named_actors()]
+                name = next((x for x in names if str(x).startswith("vscore-stats-")), None)
+                self._stats = ray.get_actor(name) if name else None
+            return int(ray.get(self._stats.snapshot.remote(), timeout=5).get("rows_scored", 0)) if self._stats else None
+        except Exception:  # noqa: BLE001 - the actor is gone at the end of the run
+            self._stats = None
+            return None
 
     def poll(self) -> None:
         self.series.append(round(os.getloadavg()[0], 2))
+        with open("/proc/self/statm") as f:
+            self.driver_rss_mib.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20)
+        if self.progress is not None:
+            with open(self.progress, "a") as f:
+                f.write(json.dumps({"t": round(time.time(), 1), "load1": self.series[-1], "driver_rss_mib": self.driver_rss_mib[-1],
+                                    "rows_scored": self._rows()}) + "\n")
 
     def summary(self) -> dict[str, Any]:
         s = self.series or [round(os.getloadavg()[0], 2)]
@@ -208,7 +230,7 @@ def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path, child
                 runner.init_ray(str(local / "shard-*.tar"))
             cfg = pipeline_config(shards, dest, ["output.min_rows_per_file=64", *MICRO_DECODE, *SCORE_SETTINGS, *storage,
                                                  *getattr(args, "pipeline_set", [])])
-            load = LoadWatcher()
+            load = LoadWatcher(work / f"scale-pipeline-{n}-{'s3' if on_s3 else 'local'}.progress.jsonl")
             load_before = os.getloadavg()[0]
             with ProcSampler(every=1.0, pss_every=8) as s, load:
                 t = time.perf_counter()
@@ -235,9 +257,10 @@ def bench_pipeline(sizes: list[int], args: argparse.Namespace, work: Path, child
                  "cpu_ms_per_row": cpu_per_row(s.cpu, n),
                  "driver_cpu_per_row_ms": round(1000 * s.cpu.get("driver", 0.0) / n, 3),
                  "resume": resume_start, "load1": {"before": round(load_before, 2), **load.summary()},
+                 "driver_rss_series_mib_every_10s": load.driver_rss_mib,
                  "backend": "s3 (moto, child process)" if moto is not None else "local"}
             out[str(n)] = r
-            (work / f"scale-pipeline-{n}.json").write_text(json.dumps(r))  # kept if a later, larger size fails
+            (work / f"scale-pipeline-{n}-{r['backend'].split()[0]}.json").write_text(json.dumps(r))  # kept if a later, larger size fails
             print(f"[bench] scale pipeline {n}: {r['vps']} videos/s, driver RSS peak {r['driver_rss_peak_mib']} MiB, Ray RSS sum "
                   f"{r['ray_rss_sum_peak_mib']} MiB (PSS {r['ray_pss_sum_peak_mib']}), {r['files']} files, objects {objects}, "
                   f"driver CPU {r['driver_cpu_per_row_ms']} ms/row, control plane "
