@@ -139,6 +139,8 @@ class LoadWatcher(Poller):
     def _rows(self) -> int | None:
         import ray
 
+        if not ray.is_initialized():
+            return None
         try:
             if self._stats is None:
                 names = [a["name"] if isinstance(a, dict) else a for a in ray.util.list_named_actors()]
