@@ -22,6 +22,8 @@ def _kind(title: str) -> str:
             return "read tasks"
         if t.startswith("Write"):
             return "write tasks"
+        if t == "stage":  # pipeline.run.rewrite.stage: compaction's reading and writing, as a Ray task
+            return "compaction task"
         if t == "IDLE":
             return "idle/starting workers"
         if any(k in t for k in ("_StatsActor", "_AutoscalingCoordinator", "ActorLocationTracker")):
@@ -31,9 +33,14 @@ def _kind(title: str) -> str:
         if "DashboardAgent" in t or "RuntimeEnvAgent" in t:
             return "Ray system"
         return "Ray other"
+    if "EmbeddedS3" in title:  # the scale benchmark's moto server (a child process): the storage service
+        return "moto S3 (bench)"
     if "multiprocessing" in title or "bench.py" in title:
         return "decode-alone pool"
     return "Ray system"  # raylet, gcs_server, dashboard/log_monitor/monitor python processes
+
+
+_NOT_RAY = ("decode-alone pool", "moto S3 (bench)")  # sampled for CPU, left out of the Ray memory sums
 
 
 class Poller:
@@ -117,12 +124,12 @@ class ProcSampler(Poller):
                 driver_now = (mem.rss, pss, mem.rss - getattr(mem, "shared", 0))
                 self.peak["driver_rss"] = max(self.peak["driver_rss"], mem.rss)
                 self.peak["driver_pss"] = max(self.peak["driver_pss"], pss)
-            elif k != "decode-alone pool":
+            elif k not in _NOT_RAY:
                 rss_sum += mem.rss
                 rss_max = max(rss_max, mem.rss)
                 by_kind[k] = by_kind.get(k, 0) + mem.rss
                 by_kind[k + " private"] = by_kind.get(k + " private", 0) + mem.rss - getattr(mem, "shared", 0)
-            if k != "decode-alone pool":
+            if k not in _NOT_RAY:
                 pss_sum += pss
         if count and threading.current_thread() is self._thread:
             cum = dict(self.cpu)
