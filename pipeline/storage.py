@@ -118,6 +118,17 @@ def put_atomic(fs: fsspec.AbstractFileSystem, path: str, payload: bytes) -> None
         fs.pipe_file(path, payload)
 
 
+def drop_listings(fs: fsspec.AbstractFileSystem, folder: str) -> None:
+    """Forget every cached listing of `folder` and below (s3fs's `invalidate_cache(path)` drops the folder's
+    and its parents' listings only, so a subfolder listed earlier would hide files other processes wrote since)."""
+    fs.invalidate_cache(folder)
+    cache = getattr(fs, "dircache", None)
+    if cache:
+        prefix = folder.rstrip("/") + "/"
+        for key in [k for k in list(cache) if k.startswith(prefix)]:
+            cache.pop(key, None)
+
+
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local"), "local") else path
 

@@ -3,8 +3,8 @@
 
 A running job's driver keeps one cached s3fs instance; write tasks commit files from other processes. The
 driver's compaction (`pipeline.run.rewrite.committed_files`) walks the partition folders through that instance,
-so a listing cached by an earlier fold hides every file committed after it. Expected to fail until the walk
-refreshes its listing (then remove the xfail)."""
+so a listing cached by an earlier fold hid every file committed after it; the walk now drops the cached
+listings under the run's folder first (`storage.drop_listings`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ for j in range(3):
 """
 
 
-@pytest.mark.xfail(strict=True, reason="rewrite.committed_files walks a cached s3fs listing (reported; not fixed on this branch)")
 def test_compaction_sees_files_committed_after_an_earlier_listing(s3):  # noqa: F811
     cj = {"input": {"shards": "synthetic://shard-*.tar"},
           "output": {"path": "s3://vscore-test/compact-listing/out", "storage": {"endpoint_url": s3.endpoint_url}}}

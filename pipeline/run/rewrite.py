@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pipeline.config import ScoreConfig
 from pipeline.run import resume
 from pipeline.stages.sink import partition_segment, quarantine_url
-from pipeline.storage import filesystem, with_protocol
+from pipeline.storage import drop_listings, filesystem, with_protocol
 
 RETRYABLE_STAGES = ("read", "decode", "engine")
 REWRITE_NUM_CPUS = 0.1  # mostly waiting on storage; like the write tasks
@@ -44,9 +44,11 @@ def committed_files(cfg: ScoreConfig, st: resume.ResumeState) -> dict[str, list[
     for url in (cfg.output.path, quarantine_url(cfg.output)):
         fs, root = filesystem(url, cfg.output.storage)
         base = f"{root.rstrip('/')}/{partition_segment('run_id', cfg.resolved_run_id())}"
+        drop_listings(fs, base)  # write tasks in other processes commit files after an earlier fold listed a folder
         if not fs.exists(base):
             continue
         for dirpath, _dirs, files in fs.walk(base, detail=True):
+            fs.invalidate_cache(dirpath)  # never keep the listing (s3fs: ~1.4 KB per object)
             if "/_vscore" in dirpath:
                 continue
             for name, info in files.items():
