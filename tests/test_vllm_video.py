@@ -107,14 +107,19 @@ def test_pass_through_input_and_outputs_equal_the_official_vllm_path(engine, cli
         assert len(ours["prompt_token_ids"]) == eng.expected_prompt_tokens(req)
         pv = _kwargs_items(ours)["pixel_values_videos"][0]
         assert str(pv.dtype) == "torch.uint8" and pv.shape[0] == video_token_count(frames) * 4  # raw bytes: normalized on the device
-    # the same engine, both ways: same outputs
-    ours = eng.generate(reqs)
+    _assert_same_outputs(eng, clips, reqs, reqs)  # the same engine, both ways: same outputs
+
+
+def _assert_same_outputs(eng, clips, ours, official):
+    """`ours` through the pass-through, `official` through vLLM's raw path (the engine's `_video` off): the same
+    text, token ids, prompt tokens and digit logprobs, clip by clip."""
+    outs = eng.generate(ours)
     saved, eng._video = eng._video, None
     try:
-        official = eng.generate(reqs)
+        refs = eng.generate(official)
     finally:
         eng._video = saved
-    for (name, _), a, b in zip(clips, official, ours):
+    for (name, _), a, b in zip(clips, refs, outs):
         assert a.error is None and b.error is None, (a.error, b.error)
         assert a.output_tokens > 0, name
         assert (b.text, b.token_ids, b.prompt_tokens) == (a.text, a.token_ids, a.prompt_tokens), name
@@ -165,17 +170,7 @@ def test_decode_stage_patches_reach_vllm_as_the_official_input(engine, clip_file
         assert len(got["prompt_token_ids"]) == eng.expected_prompt_tokens(req) == eng.expected_prompt_tokens(ref)
         ours.append(req)
         official.append(ref)
-    outs = eng.generate(ours)
-    saved, eng._video = eng._video, None
-    try:
-        refs = eng.generate(official)
-    finally:
-        eng._video = saved
-    for (name, _), a, b in zip(clips, refs, outs):
-        assert a.error is None and b.error is None, (a.error, b.error)
-        assert a.output_tokens > 0, name
-        assert (b.text, b.token_ids, b.prompt_tokens) == (a.text, a.token_ids, a.prompt_tokens), name
-        np.testing.assert_array_equal(b.digit_logprobs, a.digit_logprobs, err_msg=name)
+    _assert_same_outputs(eng, clips, ours, official)
 
 
 @pytest.mark.slow
