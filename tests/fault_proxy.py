@@ -41,6 +41,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.counts = {"forwarded": 0, "503": 0, "500": 0, "reset": 0, "403": 0}
         self.deny_writes = False
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request forwarded, in order
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +67,7 @@ class FaultProxy:
                         proxy.counts[kind] += 1
                     else:
                         proxy.counts["forwarded"] += 1
+                        proxy.requests.append((self.command, self.path))
                 if kind == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.connection.close()

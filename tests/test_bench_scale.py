@@ -91,3 +91,59 @@ def test_load_watcher_writes_a_progress_line_per_poll(tmp_path):
     assert len(lines) >= 2 and len(lines) == len(w.series) == len(w.driver_rss_mib)
     assert all(x["driver_rss_mib"] > 10 and x["rows_scored"] is None for x in lines)  # no run, no stats actor
     assert w.summary()["samples"] == len(lines)
+
+
+def test_moto_index_lists_what_moto_lists():
+    """The bench's sorted key index (jobs/benchmarks/moto_index.py) answers every ListObjectsV2 page as moto
+    does: prefixes, delimiters folding sub-folders, pages of any size, continuation tokens and start-after,
+    keys put, overwritten and deleted after the index was built."""
+    import random
+
+    import boto3
+    from moto import mock_aws
+
+    from benchmarks.moto_index import install
+
+    def pages(s3, **kw):
+        got, token = [], None
+        while True:
+            r = s3.list_objects_v2(Bucket="idx", **kw, **({"ContinuationToken": token} if token else {}))
+            got.append(([o["Key"] for o in r.get("Contents", [])], [p["Prefix"] for p in r.get("CommonPrefixes", [])],
+                        r["IsTruncated"]))
+            if not r["IsTruncated"]:
+                return got
+            token = r["NextContinuationToken"]
+
+    rng = random.Random(3)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="idx")
+        names = [f"out/run_id=r/g={g}/part-{i}.parquet" for g in range(4) for i in range(7)]
+        names += [f"out/_vscore/score-store/r/{rng.getrandbits(8):02x}/{rng.getrandbits(64):016x}.json" for _ in range(60)]
+        names += ["out/a.json", "out/a", "out.txt", "top"]
+        for n in names[:40]:
+            s3.put_object(Bucket="idx", Key=n, Body=b"x")
+        undo = install()
+        try:
+            s3.list_objects_v2(Bucket="idx")  # the index is built from the keys already there
+            for n in names[40:]:
+                s3.put_object(Bucket="idx", Key=n, Body=b"x")
+            s3.put_object(Bucket="idx", Key=names[3], Body=b"again")  # an overwrite is not a new name
+            for n in names[::9]:
+                s3.delete_object(Bucket="idx", Key=n)
+            queries = [dict(Prefix=p, **d, **m) for p in ("", "out/", "out/run_id=r/", "out/_vscore/score-store/r/", "out/a", "nothing/")
+                       for d in ({}, {"Delimiter": "/"}) for m in ({}, {"MaxKeys": 1}, {"MaxKeys": 5})]
+            queries += [dict(Prefix="out/", StartAfter="out/run_id=r/g=1/part-3.parquet"),
+                        dict(Prefix="out/", Delimiter="/", StartAfter="out/_vscore/", MaxKeys=2)]
+            patched = [pages(s3, **q) for q in queries]
+            s3.create_bucket(Bucket="idx2")  # a bucket whose first change comes after install
+            for n in ("b/1", "a/2", "b/0"):
+                s3.put_object(Bucket="idx2", Key=n, Body=b"x")
+            fresh = s3.list_objects_v2(Bucket="idx2")["Contents"]
+        finally:
+            undo()
+        plain = [pages(s3, **q) for q in queries]
+        assert [o["Key"] for o in fresh] == [o["Key"] for o in s3.list_objects_v2(Bucket="idx2")["Contents"]] == ["a/2", "b/0", "b/1"]
+    assert sum(len(k) for p in plain for k, _, _ in p) > 300  # the queries list real keys
+    for q, a, b in zip(queries, patched, plain):
+        assert a == b, q

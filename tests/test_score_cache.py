@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 import pyarrow.dataset as pads
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-from pipeline.config import ScoreConfig
+from pipeline.config import ScoreConfig, StorageOptions
 from pipeline.run.job import run
 from pipeline.schema import make_content_hash
+from pipeline.storage import filesystem
 from pipeline.tools.pack import pack
+from tests.fault_proxy import FaultProxy
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
@@ -97,3 +100,70 @@ def test_content_hash_covers_span_and_report_counts_reuse():
     f = prefilter_facts(df)
     assert f["from_cache"] == 1 and f["duplicates"] == 2
     assert "1 rows from the cross-run score cache" in prefilter_html(f, lambda *a: "")
+
+
+def test_stored_keys_filter_has_no_false_negatives_and_few_false_positives():
+    import hashlib
+
+    from pipeline.stages.stored_keys import StoredKeys
+
+    keys = [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in range(60_000)]
+    s = StoredKeys(first_capacity=1_000)  # grows through six filters on the way to 40,000 keys
+    for i in range(0, 40_000, 7):  # batches of odd sizes cross the filters' capacities
+        s.add(keys[i:min(i + 7, 40_000)])
+    assert len(s.filters) >= 6 and s.added == 40_000
+    assert all(s.may_contain(keys[:40_000]))
+    fp = sum(s.may_contain(keys[40_000:])) / 20_000
+    assert fp < 0.02, fp
+    assert s.nbytes() < 40_000 * 4  # a few bytes per stored key
+    assert s.may_contain([]) == []
+
+
+def _store_requests(requests: list[tuple[str, str]], method: str) -> list[str]:
+    return [p for m, p in requests if m == method and "/_vscore/score-store/" in p]
+
+
+def test_fresh_run_makes_no_store_lookups_and_a_rerun_restores_from_the_store(ray_local, s3, tmp_path):  # noqa: F811
+    """On S3 a fresh run GETs no score-store object that is not there (the registry's filter knows what was
+    stored) and PUTs one per scored clip; in-run duplicates are still copied (their GETs are hits). A rerun over the same run whose rows were scored
+    but not committed (the output's files and markers gone, the store kept) GETs them and restores every row
+    with zero engine calls."""
+    local, _datas = _shards(tmp_path)
+    direct, _ = filesystem("s3://vscore-test/fresh", StorageOptions(endpoint_url=s3.endpoint_url))
+    direct.put(sorted(str(p) for p in Path(local).parent.glob("*.tar")), "vscore-test/fresh/shards/")
+    record = tmp_path / "calls"
+    with FaultProxy(s3.port, fail_fraction=0.0) as proxy:
+        store = {"endpoint_url": proxy.endpoint_url}
+        cfg = _cfg("s3://vscore-test/fresh/shards/*.tar", tmp_path / "unused", record)
+        cfg = ScoreConfig.model_validate({**cfg.model_dump(), "input": {**cfg.input.model_dump(), "storage": store},
+                                          "output": {**cfg.output.model_dump(), "path": "s3://vscore-test/fresh/out", "storage": store}})
+        s1 = run(cfg, progress_every_s=60)
+        first = list(proxy.requests)
+        assert len(_calls(record)) == 4 and s1["duplicates"] == 3 and s1["rows_out"] == 7
+        puts, gets = _store_requests(first, "PUT"), _store_requests(first, "GET")
+        assert len(puts) == len(set(puts)) == 4  # one object per scored clip
+        # no GET that could miss: only the stored clips' objects, looked up by their duplicates
+        assert set(gets) <= set(puts) and len(gets) <= s1["duplicates"], (gets, puts)
+        rows = {r["key"]: r for r in _s3_rows(direct, "vscore-test/fresh/out")}
+        assert len(rows) == 7 and all(r["status"] == "ok" for r in rows.values())
+        assert sum(1 for r in rows.values() if r["duplicate_of"]) == 3
+        # scored but not committed: drop every output file and marker, keep the store
+        kept = "vscore-test/fresh/out/_vscore/score-store/"
+        gone = [p for p in direct.find("vscore-test/fresh/out") if not p.startswith(kept)]
+        assert gone and direct.find(kept)
+        direct.rm(gone)
+        direct.invalidate_cache()
+        proxy.requests.clear()
+        s2 = run(cfg, progress_every_s=60)
+        assert _calls(record) == []  # every clip restored from the store
+        assert len(_store_requests(proxy.requests, "GET")) >= 4
+    rows2 = {r["key"]: r for r in _s3_rows(direct, "vscore-test/fresh/out")}
+    assert s2["rows_out"] == 7 and len(rows2) == 7
+    for k, r in rows.items():
+        assert rows2[k]["status"] == "ok" and rows2[k]["row_id"] == r["row_id"]
+        assert rows2[k]["raw_output"] == r["raw_output"] and rows2[k]["visual_quality"] == r["visual_quality"]
+        assert rows2[k]["prompt_tokens"] == r["prompt_tokens"]  # its own earlier scoring, restored as it was
+
+
+def _s3_rows(fs, root: str) -> list[dict]:
+    return pads.dataset(root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table().to_pylist()

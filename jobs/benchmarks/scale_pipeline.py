@@ -43,6 +43,8 @@ BUCKET = "vscore-scale"
 
 _MOTO_CHILD = """
 import sys, time
+from jobs.benchmarks.moto_index import install
+install()  # S3-like listing cost (moto's scans the whole bucket): jobs/benchmarks/moto_index.py
 from pipeline.dev.s3_server import EmbeddedS3
 s3 = EmbeddedS3(buckets=[{bucket!r}]).start()
 print("ENDPOINT " + s3.endpoint_url, flush=True)

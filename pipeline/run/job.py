@@ -228,9 +228,9 @@ def run(cfg: ScoreConfig, progress_every_s: float = 30.0, retry_errors: bool = F
         handle = stats.create(stats_name, run_id)
         registry = None
         if cfg.cache.dedup:
-            from pipeline.stages.score_cache import start_registry
+            from pipeline.stages.score_cache import start_registry, store_is_empty
 
-            registry = start_registry(invocation)
+            registry = start_registry(invocation, warm=not store_is_empty(cfg))
         stop = threading.Event()
         ticker = threading.Thread(target=_progress, args=(handle, progress_every_s, stop, len(todo)), daemon=True)
         ticker.start()

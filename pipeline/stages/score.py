@@ -176,10 +176,10 @@ class ScoreStage:
         """Store the scored representatives (ok rows only) and copy them into their in-batch duplicates."""
         from pipeline.stages.score_cache import copy_into
 
+        self.cache.store({k: rows[groups[k][0]] for k in keys if rows[groups[k][0]]["status"] == "ok"})
         for k in keys:
             rep = rows[groups[k][0]]
             if rep["status"] == "ok":
-                self.cache.store(k, rep)
                 record = {"row_id": rep["row_id"], "fields": {c: rep.get(c) for c in _copied()}}
                 for i in groups[k][1:]:
                     copy_into(rows[i], record, False)

@@ -8,6 +8,11 @@ in-run registry of clips in flight.
   (``CACHE/<score fingerprint>/``). A hit in the run's store is a duplicate (`duplicate_of` = the row that
   was scored); a hit in the cross-run cache only is `from_cache`. A different setting is another fingerprint:
   it misses.
+- Lookups that cannot hit are not made: the registry also keeps a Bloom filter of the keys this invocation
+  stored (`pipeline.stages.stored_keys`); when the run's store was empty as the invocation began (a fresh run,
+  the common case) a lookup GETs only keys the filter may hold, so a fresh run makes no GET per row, only
+  the PUT. A rerun (the store already holds objects: rows scored before a crash) GETs every key, as the
+  restore needs. The results of a batch are PUT concurrently.
 - In flight: a named Ray actor per driver invocation holds only the keys being scored now (released when
   the result is stored), so its memory is bounded by the rows in flight, not by the corpus. A row whose key
   another batch is scoring waits for that result (polling the store) and copies it; if the owner goes away
@@ -21,7 +26,7 @@ import json
 import time
 from typing import Any
 
-from pipeline.storage import filesystem, put_atomic
+from pipeline.storage import drop_listings, filesystem, put_atomic
 
 # what a copy takes from the scored row (identity, timing and the row's own facts stay its own)
 COPIED = ("visual_quality", "text_alignment", "physical_consistency",
@@ -40,6 +45,20 @@ def score_key(content_hash: str, prompt: str, fingerprint: str) -> str:
 
 def registry_name(invocation: str) -> str:
     return f"vscore-inflight-{invocation}"
+
+
+def run_store_url(cfg: Any) -> str:
+    return f"{cfg.output.path.rstrip('/')}/_vscore/score-store/{cfg.resolved_run_id()}"
+
+
+def store_is_empty(cfg: Any) -> bool:
+    """Whether the run's store holds no object yet (one listing of at most one key on S3)."""
+    store = Store(run_store_url(cfg), cfg.output.storage)
+    drop_listings(store.fs, store.root)
+    try:
+        return not store.fs.exists(store.root)  # S3: a listing of at most one key; local: the folder (conservative)
+    finally:
+        drop_listings(store.fs, store.root)
 
 
 class Store:
@@ -71,15 +90,34 @@ class Store:
                 continue
         return out
 
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        put_atomic(self.fs, self.path(key), json.dumps(record).encode())
+    def put_many(self, records: dict[str, dict[str, Any]]) -> None:
+        """One object per key; on object stores the PUTs go concurrently (s3fs `pipe` of a dict)."""
+        if not records:
+            return
+        if self.fs.protocol in ("file", ("file", "local"), "local") or len(records) == 1:
+            for k, r in records.items():
+                put_atomic(self.fs, self.path(k), json.dumps(r).encode())
+        else:
+            self.fs.pipe({self.path(k): json.dumps(r).encode() for k, r in records.items()})
 
 
 class InflightRegistry:
-    """Ray actor body: key -> owner row id for the clips being scored right now."""
+    """Ray actor body: key -> owner row id for the clips being scored right now, and which keys this
+    invocation stored. `warm`: the run's store held objects when the invocation began, so any key may be
+    there (every lookup GETs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool = True) -> None:
+        from pipeline.stages.stored_keys import StoredKeys
+
         self.owners: dict[str, str] = {}
+        self.warm = warm
+        self.stored_keys = StoredKeys()
+
+    def may_be_stored(self, keys: list[str]) -> list[bool]:
+        return [True] * len(keys) if self.warm else self.stored_keys.may_contain(keys)
+
+    def stored(self, keys: list[str]) -> None:
+        self.stored_keys.add(keys)
 
     def claim(self, keys: list[str], row_ids: list[str]) -> list[str]:
         """The owner of each key after the call: the caller's row id where it was free."""
@@ -99,11 +137,15 @@ class InflightRegistry:
     def size(self) -> int:
         return len(self.owners)
 
+    def facts(self) -> dict[str, Any]:
+        return {"in_flight": len(self.owners), "warm": self.warm, "stored": self.stored_keys.added,
+                "filter_bytes": self.stored_keys.nbytes()}
 
-def start_registry(invocation: str) -> Any:
+
+def start_registry(invocation: str, warm: bool = True) -> Any:
     import ray
 
-    return ray.remote(num_cpus=0)(InflightRegistry).options(name=registry_name(invocation), lifetime=None).remote()
+    return ray.remote(num_cpus=0)(InflightRegistry).options(name=registry_name(invocation), lifetime=None).remote(warm)
 
 
 class ScoreCache:
@@ -112,7 +154,7 @@ class ScoreCache:
     def __init__(self, cfg: Any, invocation: str | None) -> None:
         self.fingerprint = cfg.score_fingerprint()
         self.run_id = cfg.resolved_run_id()
-        self.run_store = Store(f"{cfg.output.path.rstrip('/')}/_vscore/score-store/{self.run_id}", cfg.output.storage)
+        self.run_store = Store(run_store_url(cfg), cfg.output.storage)
         self.cache = Store(f"{cfg.cache.url.rstrip('/')}/{self.fingerprint}", cfg.cache.storage) if cfg.cache.url else None
         self.registry = None
         if cfg.cache.dedup and invocation:
@@ -129,7 +171,12 @@ class ScoreCache:
 
     def lookup(self, keys: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
         """key -> (record, from the cross-run cache only)."""
-        found = {k: (r, False) for k, r in self.run_store.get_many(keys).items()}
+        ask = keys
+        if self.registry is not None and keys:
+            import ray
+
+            ask = [k for k, maybe in zip(keys, ray.get(self.registry.may_be_stored.remote(keys))) if maybe]
+        found = {k: (r, False) for k, r in self.run_store.get_many(ask).items()}
         rest = [k for k in keys if k not in found]
         if self.cache is not None and rest:
             found.update({k: (r, True) for k, r in self.cache.get_many(rest).items()})
@@ -164,18 +211,28 @@ class ScoreCache:
             if not waiting:
                 break
             now = ray.get(self.registry.owners_of.remote(list(waiting)))
-            for k, o in zip(list(waiting), now):
-                if o != waiting[k]:  # released without a stored result: not ours to wait for any more
+            gone = [k for k, o in zip(list(waiting), now) if o != waiting[k]]
+            if gone:  # released: stored after our lookup above, or without a result (then not ours to wait for)
+                found.update(self.lookup(gone))
+                for k in gone:
                     del waiting[k]
             time.sleep(POLL_S)
         return found
 
-    def store(self, key: str, row: dict[str, Any]) -> None:
-        record = {"row_id": row["row_id"], "run_id": self.run_id, "fields": {c: row.get(c) for c in COPIED},
-                  "tokens": [row.get("prompt_tokens"), row.get("output_tokens")]}
-        self.run_store.put(key, record)
+    def store(self, scored: dict[str, dict[str, Any]]) -> None:
+        """key -> scored row: one object each in the run's store (and the cross-run cache), then the keys
+        are marked stored in the registry (before the caller releases them: a waiter then finds them)."""
+        if not scored:
+            return
+        records = {k: {"row_id": row["row_id"], "run_id": self.run_id, "fields": {c: row.get(c) for c in COPIED},
+                       "tokens": [row.get("prompt_tokens"), row.get("output_tokens")]} for k, row in scored.items()}
+        self.run_store.put_many(records)
         if self.cache is not None:
-            self.cache.put(key, record)
+            self.cache.put_many(records)
+        if self.registry is not None:
+            import ray
+
+            ray.get(self.registry.stored.remote(list(records)))
 
 
 def copy_into(row: dict[str, Any], record: dict[str, Any], from_cache: bool) -> None:
