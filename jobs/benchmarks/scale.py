@@ -87,12 +87,16 @@ def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task
 
     out: dict[str, Any] = {}
     s3 = None
+    undo = None
     try:
         for backend in backends:
             endpoint = None
             if backend == "s3":
                 from pipeline.dev.s3_server import EmbeddedS3
 
+                from .moto_index import install
+
+                undo = undo or install()  # listings cost as on S3, not a scan of the bucket (moto_index.py)
                 s3 = s3 or EmbeddedS3(buckets=["vscore-scale"]).start()
                 endpoint = s3.endpoint_url
             for n in sizes:
@@ -121,6 +125,8 @@ def bench_state(sizes: list[int], backends: list[str], work: Path, rows_per_task
     finally:
         if s3 is not None:
             s3.stop()
+        if undo is not None:
+            undo()
     return out
 
 
