@@ -168,26 +168,38 @@ class Cluster:
                 pytest.fail(f"worker did not join:\n{(Path(self.temp) / 'worker.log').read_text()[-3000:]}")
             time.sleep(1)
 
-    def scorer_nodes(self) -> int:
-        """Alive nodes offering `scorer`, as the GCS sees them (Ray's state API on the dashboard)."""
+    def _state(self, what: str, has: str) -> list[dict]:
+        """Records of Ray's state API on the dashboard (`what`: nodes, actors) that hold the key `has`."""
         try:
-            with urllib.request.urlopen(f"{self.address}/api/v0/nodes?limit=100&detail=true", timeout=10) as r:
+            with urllib.request.urlopen(f"{self.address}/api/v0/{what}?limit=1000&detail=true", timeout=10) as r:
                 body = json.loads(r.read())
         except (OSError, ValueError):
-            return 0
+            return []
 
-        def nodes(x):
+        def walk(x):
             if isinstance(x, dict):
-                if "resources_total" in x and "state" in x:
+                if has in x and "state" in x:
                     yield x
                 else:
                     for v in x.values():
-                        yield from nodes(v)
+                        yield from walk(v)
             elif isinstance(x, list):
                 for v in x:
-                    yield from nodes(v)
+                    yield from walk(v)
 
-        return sum(1 for n in nodes(body) if n["state"] == "ALIVE" and "scorer" in (n["resources_total"] or {}))
+        return list(walk(body))
+
+    def scorer_nodes(self) -> int:
+        """Alive nodes offering `scorer`, as the GCS sees them."""
+        return sum(1 for n in self._state("nodes", "resources_total") if n["state"] == "ALIVE" and "scorer" in (n["resources_total"] or {}))
+
+    def run_actors_off_the_head(self) -> dict[str, str]:
+        """The run's named actors (stats, in-flight registry) alive on a node other than the head: name -> node."""
+        head = {n["node_id"] for n in self._state("nodes", "resources_total") if n.get("is_head_node")}
+        assert len(head) == 1
+        named = [a for a in self._state("actors", "actor_id") if a["state"] == "ALIVE" and (a.get("name") or "").startswith("vscore-")]
+        assert {a["name"].split("-")[1] for a in named} >= {"stats", "inflight"}, named
+        return {a["name"]: a["node_id"] for a in named if a["node_id"] not in head}
 
     def kill_worker(self) -> float:
         """kill -9 the worker node: its `ray start`, raylet, agents and every worker process, at once."""
@@ -300,6 +312,7 @@ def _submit_then_kill_worker(cluster: Cluster, overrides: list[str], out: Path, 
     """Submit the job, wait for `rows` committed rows, kill -9 the worker node: (proc, killed_at, rows at kill)."""
     proc = _submit(cluster, overrides, log_path)
     _wait_rows(proc, out, rows, log_path)
+    assert cluster.run_actors_off_the_head() == {}  # what the driver depends on lives on its node, not the one lost
     killed_at = cluster.kill_worker()
     return proc, killed_at, _commits(out)
 

@@ -143,9 +143,14 @@ class InflightRegistry:
 
 
 def start_registry(invocation: str, warm: bool = True) -> Any:
+    """Pinned to the driver's node, as the run's stats actor is (`pipeline.run.stats.create`): every scoring
+    batch calls it, and a lost node must not take it with it."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(InflightRegistry).options(name=registry_name(invocation), lifetime=None).remote(warm)
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(InflightRegistry).options(name=registry_name(invocation), lifetime=None,
+                                                            scheduling_strategy=here).remote(warm)
 
 
 class ScoreCache:
