@@ -119,3 +119,23 @@ def test_soak_check_is_growth_over_minute_10_of_per_minute_peaks(modes):
     tail = [row(t, 100.0, rows=min(t, 50)) for t in range(0, 51)] + [row(t, 300.0, rows=50) for t in range(51, 55)]
     assert soak.check(tail)["ray_private_sum"]["pass"]
     assert soak.check([row(t, 100.0) for t in range(0, 9)])["driver_rss"] is None  # shorter than 10 min: no verdict
+
+
+def test_soak_check_says_how_long_and_which_kind(modes):
+    """A FAIL tells a reader a transient from growth: minutes over the bound, and at the worst minute which
+    process kinds differ from minute 10 (a worker starting here)."""
+    soak = modes.load("soak")
+
+    def row(t, workers):
+        kinds = {"decode actors": 500.0, "idle/starting workers": workers}
+        return {"t_min": t, "rows": t, "load1": 0.0, "spilled_total": 0.0, "by_kind": {}, "by_kind_private": kinds,
+                **{k: 1000.0 for k in soak.SERIES}, "ray_private_sum": sum(kinds.values())}
+
+    runs = [row(t, 440.0 if t == 30 else 120.0) for t in range(0, 61)]
+    c = soak.check(runs)["ray_private_sum"]
+    assert not c["pass"] and c["minutes_over"] == 1 and c["minutes"] == 50 and c["worst_min"] == 30
+    assert c["worst_by_kind_delta"] == {"idle/starting workers": 320.0}
+    line = next(l for l in soak.report({"soak": {"rows": 60, "clips": [], "rate": 1, "wall_s": 1, "summary": {},
+                                                  "load": {"load_mean": 0}, "series": runs, "check": soak.check(runs)}})
+                if l.startswith("- ray_private_sum"))
+    assert "1 of 50 later minutes over" in line and "+320 idle/starting workers" in line and line.endswith("**FAIL**")

@@ -176,13 +176,24 @@ def check(series: list[dict[str, Any]], at_min: float = CHECK_AT_MIN, tol: float
         if base is None or not base.get(k):
             out[k] = None
             continue
-        later = [r[k] for r in rows[: end + 1] if r["t_min"] > base["t_min"] and r.get(k) is not None]
-        if not later:
+        later_rows = [r for r in rows[: end + 1] if r["t_min"] > base["t_min"] and r.get(k) is not None]
+        if not later_rows:
             out[k] = None
             continue
+        later = [r[k] for r in later_rows]
         hi, lo = max(later) / base[k], min(later) / base[k]
+        worst = max(later_rows, key=lambda r: r[k])
         out[k] = {"at_10": base[k], "max_ratio": round(hi, 3), "min_ratio": round(lo, 3), "last": later[-1],
-                  "checked": k in CHECKED, "pass": hi <= 1 + tol if k in CHECKED else None}
+                  "checked": k in CHECKED, "pass": hi <= 1 + tol if k in CHECKED else None,
+                  # what a reader needs to tell growth from a transient: how many minutes were over, and (Ray
+                  # sums) which process kinds differ from minute 10 at the worst minute
+                  "minutes_over": sum(v > base[k] * (1 + tol) for v in later), "minutes": len(later),
+                  "worst_min": round(worst["t_min"], 1)}
+        if k == "ray_private_sum":
+            kinds = set(worst.get("by_kind_private") or {}) | set(base.get("by_kind_private") or {})
+            delta = {c: round((worst.get("by_kind_private") or {}).get(c, 0) - (base.get("by_kind_private") or {}).get(c, 0), 1)
+                     for c in kinds}
+            out[k]["worst_by_kind_delta"] = dict(sorted(((c, d) for c, d in delta.items() if d), key=lambda x: -abs(x[1])))
     return out
 
 
@@ -260,6 +271,11 @@ def report(res: dict[str, Any]) -> list[str]:
             lines.append(f"- {k}: n/a (run shorter than {CHECK_AT_MIN:g} min)")
         else:
             verdict = ("**PASS**" if c["pass"] else "**FAIL**") if c.get("checked", True) else "shown, not checked"
+            over = f"; {c['minutes_over']} of {c['minutes']} later minutes over" if "minutes_over" in c else ""
+            why = ""
+            if c.get("worst_by_kind_delta"):
+                why = f"; at its worst minute ({c['worst_min']:g}) vs minute 10, by kind: " + ", ".join(
+                    f"{d:+g} {kind}" for kind, d in list(c["worst_by_kind_delta"].items())[:4])
             lines.append(f"- {k}: {c['at_10']} at 10 min, later max x{fmt(c['max_ratio'], 3)} / min x{fmt(c['min_ratio'], 3)}, "
-                         f"last {c['last']}: {verdict}")
+                         f"last {c['last']}{over}{why}: {verdict}")
     return lines
