@@ -6,8 +6,12 @@ import os
 
 import pytest
 
-from pipeline.dev.s3_server import EmbeddedS3
+from pipeline.dev.s3_server import FAKE_CREDENTIALS, EmbeddedS3
 
+# before any Ray starts (a test that calls `run` without the `ray_local` fixture starts one, and later tests
+# reuse it): its workers then carry the embedded S3 server's fake credentials whichever test came first
+for _k, _v in FAKE_CREDENTIALS.items():
+    os.environ.setdefault(_k, _v)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
