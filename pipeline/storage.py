@@ -106,10 +106,14 @@ def take_retries() -> dict[str, int]:
     return out
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return fs.protocol in ("file", ("file", "local"), "local")
+
+
 def put_atomic(fs: fsspec.AbstractFileSystem, path: str, payload: bytes) -> None:
     """One PUT (object stores) / write + rename (local): a reader sees the old object or the new, never half."""
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    if fs.protocol in ("file", ("file", "local"), "local"):
+    if is_local(fs):
         tmp = f"{path}.tmp"
         with fs.open(tmp, "wb") as f:
             f.write(payload)
@@ -130,7 +134,7 @@ def drop_listings(fs: fsspec.AbstractFileSystem, folder: str) -> None:
 
 
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    return fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local"), "local") else path
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def read_bytes(url: str, storage: StorageOptions) -> bytes:

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pyarrow.dataset as pads
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.config import ScoreConfig, StorageOptions
 from pipeline.run.job import run
@@ -16,6 +15,7 @@ from pipeline.schema import make_content_hash
 from pipeline.storage import filesystem
 from pipeline.tools.pack import pack
 from tests.fault_proxy import FaultProxy
+from tests.test_pipeline_e2e import _read
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
@@ -129,7 +129,8 @@ def test_fresh_run_makes_no_store_lookups_and_a_rerun_restores_from_the_store(ra
     but not committed (the output's files and markers gone, the store kept) GETs them and restores every row
     with zero engine calls."""
     local, _datas = _shards(tmp_path)
-    direct, _ = filesystem("s3://vscore-test/fresh", StorageOptions(endpoint_url=s3.endpoint_url))
+    direct_opts = StorageOptions(endpoint_url=s3.endpoint_url)
+    direct, _ = filesystem("s3://vscore-test/fresh", direct_opts)
     direct.put(sorted(str(p) for p in Path(local).parent.glob("*.tar")), "vscore-test/fresh/shards/")
     record = tmp_path / "calls"
     with FaultProxy(s3.port, fail_fraction=0.0) as proxy:
@@ -144,7 +145,7 @@ def test_fresh_run_makes_no_store_lookups_and_a_rerun_restores_from_the_store(ra
         assert len(puts) == len(set(puts)) == 4  # one object per scored clip
         # no GET that could miss: only the stored clips' objects, looked up by their duplicates
         assert set(gets) <= set(puts) and len(gets) <= s1["duplicates"], (gets, puts)
-        rows = {r["key"]: r for r in _s3_rows(direct, "vscore-test/fresh/out")}
+        rows = {r["key"]: r for r in _read("s3://vscore-test/fresh/out", direct_opts).to_pylist()}
         assert len(rows) == 7 and all(r["status"] == "ok" for r in rows.values())
         assert sum(1 for r in rows.values() if r["duplicate_of"]) == 3
         # scored but not committed: drop every output file and marker, keep the store
@@ -157,7 +158,7 @@ def test_fresh_run_makes_no_store_lookups_and_a_rerun_restores_from_the_store(ra
         s2 = run(cfg, progress_every_s=60)
         assert _calls(record) == []  # every clip restored from the store
         assert len(_store_requests(proxy.requests, "GET")) >= 4
-    rows2 = {r["key"]: r for r in _s3_rows(direct, "vscore-test/fresh/out")}
+    rows2 = {r["key"]: r for r in _read("s3://vscore-test/fresh/out", direct_opts).to_pylist()}
     assert s2["rows_out"] == 7 and len(rows2) == 7
     for k, r in rows.items():
         assert rows2[k]["status"] == "ok" and rows2[k]["row_id"] == r["row_id"]
@@ -165,5 +166,3 @@ def test_fresh_run_makes_no_store_lookups_and_a_rerun_restores_from_the_store(ra
         assert rows2[k]["prompt_tokens"] == r["prompt_tokens"]  # its own earlier scoring, restored as it was
 
 
-def _s3_rows(fs, root: str) -> list[dict]:
-    return pads.dataset(root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table().to_pylist()

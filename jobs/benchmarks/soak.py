@@ -190,9 +190,8 @@ def check(series: list[dict[str, Any]], at_min: float = CHECK_AT_MIN, tol: float
                   "minutes_over": sum(v > base[k] * (1 + tol) for v in later), "minutes": len(later),
                   "worst_min": round(worst["t_min"], 1)}
         if k == "ray_private_sum":
-            kinds = set(worst.get("by_kind_private") or {}) | set(base.get("by_kind_private") or {})
-            delta = {c: round((worst.get("by_kind_private") or {}).get(c, 0) - (base.get("by_kind_private") or {}).get(c, 0), 1)
-                     for c in kinds}
+            w, b = worst.get("by_kind_private") or {}, base.get("by_kind_private") or {}
+            delta = {c: round(w.get(c, 0) - b.get(c, 0), 1) for c in set(w) | set(b)}
             out[k]["worst_by_kind_delta"] = dict(sorted(((c, d) for c, d in delta.items() if d), key=lambda x: -abs(x[1])))
     return out
 

@@ -26,7 +26,7 @@ import json
 import time
 from typing import Any
 
-from pipeline.storage import drop_listings, filesystem, put_atomic
+from pipeline.storage import drop_listings, filesystem, is_local, put_atomic
 
 # what a copy takes from the scored row (identity, timing and the row's own facts stay its own)
 COPIED = ("visual_quality", "text_alignment", "physical_consistency",
@@ -94,7 +94,7 @@ class Store:
         """One object per key; on object stores the PUTs go concurrently (s3fs `pipe` of a dict)."""
         if not records:
             return
-        if self.fs.protocol in ("file", ("file", "local"), "local") or len(records) == 1:
+        if is_local(self.fs) or len(records) == 1:
             for k, r in records.items():
                 put_atomic(self.fs, self.path(k), json.dumps(r).encode())
         else:
@@ -136,10 +136,6 @@ class InflightRegistry:
 
     def size(self) -> int:
         return len(self.owners)
-
-    def facts(self) -> dict[str, Any]:
-        return {"in_flight": len(self.owners), "warm": self.warm, "stored": self.stored_keys.added,
-                "filter_bytes": self.stored_keys.nbytes()}
 
 
 def start_registry(invocation: str, warm: bool = True) -> Any:
