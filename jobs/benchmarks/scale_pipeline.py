@@ -40,6 +40,7 @@ SCORE_SETTINGS = ["engine.batches_in_flight=4"]
 MICRO_DECODE = ["decode.min_frames=2", "decode.max_frames=2", "decode.min_pixels=784", "decode.max_pixels=784",
                 "decode.total_pixels=3136"]
 BUCKET = "vscore-scale"
+MOTO_KEY_BUFFER_BYTES = 256 * 1024
 
 _MOTO_CHILD = """
 import sys, time
@@ -66,7 +67,10 @@ class MotoChild:
 
         for k, v in FAKE_CREDENTIALS.items():
             os.environ.setdefault(k, v)
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               # moto keeps an object in memory up to 5 MB (then in a temporary file): the ~3.5 MB input shards of 10^6
+               # rows (~3.5 GB) would sit in the server's RAM. A real S3 keeps them on disk; so does this one past 256 KiB.
+               "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(MOTO_KEY_BUFFER_BYTES)}
         self.proc = subprocess.Popen([sys.executable, "-c", _MOTO_CHILD.format(bucket=self.bucket)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
