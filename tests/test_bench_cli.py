@@ -139,3 +139,28 @@ def test_soak_check_says_how_long_and_which_kind(modes):
                                                   "load": {"load_mean": 0}, "series": runs, "check": soak.check(runs)}})
                 if l.startswith("- ray_private_sum"))
     assert "1 of 50 later minutes over" in line and "+320 idle/starting workers" in line and line.endswith("**FAIL**")
+
+
+def test_soak_check_names_the_ray_process_that_grows(modes):
+    """Slow growth of one of Ray's own processes (here the GCS, +0.5 MiB a minute) is named with its rate, minute
+    10 to the last scoring minute; the teardown minutes after the last row do not count."""
+    soak = modes.load("soak")
+    procs = modes.load("procs")
+
+    def row(t):
+        return {"t_min": t, "rows": min(t, 60), "load1": 0.0, "spilled_total": 0.0, "by_kind": {}, "by_kind_private": {},
+                **{k: 1000.0 for k in soak.SERIES},
+                "ray_system_private": {"gcs_server": 100.0 + 0.5 * min(t, 60), "raylet": 50.0 if t < 62 else 5.0}}
+
+    c = soak.check([row(t) for t in range(0, 64)])["ray_system_by_process"]
+    assert c["gcs_server"] == {"at_10": 105.0, "last": 130.0, "mib_per_hour": 30.0}
+    assert c["raylet"]["mib_per_hour"] == 0.0
+    line = next(l for l in soak.report({"soak": {"rows": 60, "clips": [], "rate": 1, "wall_s": 1, "summary": {},
+                                                  "load": {"load_mean": 0}, "series": [row(t) for t in range(0, 64)],
+                                                  "check": soak.check([row(t) for t in range(0, 64)])}})
+                if l.startswith("- Ray's own processes"))
+    assert "gcs_server 105.0 -> 130.0 (+30)" in line
+    # which process: Ray's binaries by name, its Python processes by script, workers by their title
+    assert procs._system_name("/x/ray/core/src/ray/raylet/raylet --raylet_socket_name=/tmp/s") == "raylet"
+    assert procs._system_name("/x/bin/python -u /x/ray/_private/log_monitor.py --session-dir=/tmp") == "log_monitor.py"
+    assert procs._system_name("ray::DashboardAgent") == "DashboardAgent"

@@ -40,6 +40,19 @@ def _kind(title: str) -> str:
     return "Ray system"  # raylet, gcs_server, dashboard/log_monitor/monitor python processes
 
 
+def _system_name(title: str) -> str:
+    """Which of Ray's own processes (kind "Ray system") this is: raylet, gcs_server, or the Python script /
+    agent name (log_monitor.py, monitor.py, dashboard agent, ...), so that growth can be pinned on one."""
+    words = title.split()
+    if title.startswith("ray::"):
+        return words[0][5:]
+    for w in words:
+        base = w.rsplit("/", 1)[-1]
+        if base in ("raylet", "gcs_server") or base.endswith(".py"):
+            return base
+    return words[0].rsplit("/", 1)[-1] if words else "?"
+
+
 _NOT_RAY = ("decode-alone pool", "moto S3 (bench)")  # sampled for CPU, left out of the Ray memory sums
 
 
@@ -101,6 +114,7 @@ class ProcSampler(Poller):
         pss_sum = 0
         driver_now = (0, 0, 0)
         by_kind: dict[str, int] = {}
+        system: dict[str, int] = {}  # private bytes of Ray's own processes by name (`_system_name`)
         # PSS reads /proc/PID/smaps_rollup, which walks every mapping (the object store is mapped in every
         # worker): ~0.2 core on 2 cores at 1 Hz, so only the memory runs ask for it
         do_pss = bool(self.pss_every) and self._n % self.pss_every == 0
@@ -129,6 +143,9 @@ class ProcSampler(Poller):
                 rss_max = max(rss_max, mem.rss)
                 by_kind[k] = by_kind.get(k, 0) + mem.rss
                 by_kind[k + " private"] = by_kind.get(k + " private", 0) + mem.rss - getattr(mem, "shared", 0)
+                if k == "Ray system":
+                    name = _system_name(title)
+                    system[name] = system.get(name, 0) + mem.rss - getattr(mem, "shared", 0)
             if k not in _NOT_RAY:
                 pss_sum += pss
         if count and threading.current_thread() is self._thread:
@@ -137,7 +154,8 @@ class ProcSampler(Poller):
             self.series.append((time.time(), cum))
         private = sum(v for kk, v in by_kind.items() if kk.endswith(" private"))
         self.current = {"driver_rss": driver_now[0], "driver_pss": driver_now[1], "driver_private": driver_now[2], "others_rss_sum": rss_sum,
-                        "others_private_sum": private, "pss_sum": pss_sum if do_pss else None, "by_kind": by_kind}
+                        "others_private_sum": private, "pss_sum": pss_sum if do_pss else None, "by_kind": by_kind,
+                        "system_private": system}
         self.peak["others_private_sum"] = max(self.peak.get("others_private_sum", 0), private)
         if rss_sum > self.peak["others_rss_sum"]:
             self.peak_by_kind = by_kind  # the breakdown at the moment of the peak sum

@@ -125,7 +125,8 @@ class SoakSampler:
                "ray_pss_sum": round((cur["pss_sum"] or 0) / mib, 1),
                "store_used": round(st.get("used", 0) / mib, 1), "spilled_total": round(st.get("spilled", 0) / mib, 1),
                "by_kind": {k: round(v / mib, 1) for k, v in sorted(cur["by_kind"].items()) if not k.endswith(" private")},
-               "by_kind_private": {k[:-8]: round(v / mib, 1) for k, v in sorted(cur["by_kind"].items()) if k.endswith(" private")}}
+               "by_kind_private": {k[:-8]: round(v / mib, 1) for k, v in sorted(cur["by_kind"].items()) if k.endswith(" private")},
+               "ray_system_private": {k: round(v / mib, 1) for k, v in sorted(cur.get("system_private", {}).items())}}
         self.series.append(row)
         if len(self.series) > 1 and int(self.series[-2]["t_min"]) == int(row["t_min"]):
             return  # one line a minute
@@ -156,7 +157,8 @@ def minutes(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     m[k] = max(m.get(k) or 0, r[k])
             if r["ray_private_sum"] >= m["_peak_private"]:
                 m.update(by_kind=r["by_kind"], by_kind_private=r["by_kind_private"], _peak_private=r["ray_private_sum"])
-            m.update(t_min=r["t_min"], rows=r["rows"], load1=r["load1"], spilled_total=r["spilled_total"], samples=m["samples"] + 1)
+            m.update(t_min=r["t_min"], rows=r["rows"], load1=r["load1"], spilled_total=r["spilled_total"], samples=m["samples"] + 1,
+                     ray_system_private=r.get("ray_system_private", {}))
         else:
             out.append({**r, "_peak_private": r["ray_private_sum"], "samples": 1})
     return [{k: v for k, v in m.items() if k != "_peak_private"} for m in out]
@@ -193,6 +195,15 @@ def check(series: list[dict[str, Any]], at_min: float = CHECK_AT_MIN, tol: float
             w, b = worst.get("by_kind_private") or {}, base.get("by_kind_private") or {}
             delta = {c: round(w.get(c, 0) - b.get(c, 0), 1) for c in set(w) | set(b)}
             out[k]["worst_by_kind_delta"] = dict(sorted(((c, d) for c, d in delta.items() if d), key=lambda x: -abs(x[1])))
+    if base is not None and base.get("ray_system_private"):
+        # Ray's own processes (raylet, GCS, agents): minute 10 vs the last scoring minute, by process, for the
+        # slow growth the 10% check can miss in an hour but an overnight run would not
+        last = rows[end].get("ray_system_private") or {}
+        span = max(1e-9, rows[end]["t_min"] - base["t_min"])
+        out["ray_system_by_process"] = {
+            name: {"at_10": base["ray_system_private"].get(name, 0.0), "last": last.get(name, 0.0),
+                   "mib_per_hour": round((last.get(name, 0.0) - base["ray_system_private"].get(name, 0.0)) * 60 / span, 1)}
+            for name in sorted(set(base["ray_system_private"]) | set(last))}
     return out
 
 
@@ -266,6 +277,10 @@ def report(res: dict[str, Any]) -> list[str]:
     lines += ["", f"Check (every minute's peak after minute {CHECK_AT_MIN:g}, while rows are scored, at most {1 + CHECK_TOL:.0%} of "
               f"minute {CHECK_AT_MIN:g}'s peak; checked: {', '.join(CHECKED)}), MiB:", ""]
     for k, c in sk["check"].items():
+        if k == "ray_system_by_process":
+            lines.append("- Ray's own processes, private MiB at minute 10 -> last scoring minute (MiB/hour): " + ", ".join(
+                f"{name} {v['at_10']} -> {v['last']} ({v['mib_per_hour']:+g})" for name, v in c.items()))
+            continue
         if c is None:
             lines.append(f"- {k}: n/a (run shorter than {CHECK_AT_MIN:g} min)")
         else:

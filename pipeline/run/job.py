@@ -47,10 +47,18 @@ WRITE_NUM_CPUS = 0.1
 # runs more worker processes than CPUs, which the actors alone already do). With the default, nearly every
 # read and write task started a new Python worker (interpreter, ray, ray.data and the pipeline imports:
 # ~2.5 s of CPU) and that churn was the largest steady-state cost on 2 cores (write tasks + worker starts
-# ~0.07 CPU-s per video, a 5 s clip decodes in ~0.24). Kept for a minute, the same few workers serve every
-# read/write task. Applies to the local cluster `init_ray` starts; on a cluster set it in `ray start
-# --system-config` (docs/performance.md).
-IDLE_WORKER_KEEP_MS = 60_000
+# ~0.07 CPU-s per video, a 5 s clip decodes in ~0.24). Kept for 10 minutes, the same few workers serve every
+# read/write task of a run: a slow run (the 60-minute soak at 1.5 rows/s) has gaps of 2-8 minutes between
+# read tasks, and with 60 s Ray recycled the read worker after each gap (a new worker imports the pipeline
+# again, ~320 MiB, while the old one exits). Idle workers hold their memory for those 10 minutes at most;
+# their number is the most tasks that ran at once. Applies to the local cluster `init_ray` starts; on a
+# cluster set it in `ray start --system-config` or RAY_idle_worker_killing_time_threshold_ms (docs/cluster.md).
+IDLE_WORKER_KEEP_MS = 600_000
+
+# Task records the local cluster's GCS keeps for `ray list tasks` and the dashboard (Ray's default: 100,000).
+# Every decode and scoring batch is an actor task, so an overnight run reaches any cap; 10,000 is enough to
+# inspect the latest minutes and bounds the GCS's share of the memory an overnight run holds.
+TASK_EVENTS_KEPT = 10_000
 
 _STARTED_LOCAL_RAY = False  # set when init_ray started a one-node local Ray (not a cluster connection)
 
@@ -68,7 +76,8 @@ def init_ray(cfg: ScoreConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
              include_dashboard=False, runtime_env=runtime_env, log_to_driver=True,
-             _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS})
+             _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS,
+                             "task_events_max_num_task_in_gcs": TASK_EVENTS_KEPT})
     global _STARTED_LOCAL_RAY
     _STARTED_LOCAL_RAY = True
 
