@@ -113,6 +113,9 @@ class InflightRegistry:
         self.warm = warm
         self.stored_keys = StoredKeys()
 
+    def is_warm(self) -> bool:
+        return self.warm
+
     def may_be_stored(self, keys: list[str]) -> list[bool]:
         return [True] * len(keys) if self.warm else self.stored_keys.may_contain(keys)
 
@@ -158,11 +161,13 @@ class ScoreCache:
         self.run_store = Store(run_store_url(cfg), cfg.output.storage)
         self.cache = Store(f"{cfg.cache.url.rstrip('/')}/{self.fingerprint}", cfg.cache.storage) if cfg.cache.url else None
         self.registry = None
+        self.filtered = False  # whether lookups ask the registry which keys may be stored (a cold start's run)
         if cfg.cache.dedup and invocation:
             try:
                 import ray
 
                 self.registry = ray.get_actor(registry_name(invocation))
+                self.filtered = not ray.get(self.registry.is_warm.remote())  # warm: every key may be stored
             except Exception:  # noqa: BLE001 - no registry (a unit test, a plain call): in-batch + store only
                 self.registry = None
 
@@ -173,7 +178,7 @@ class ScoreCache:
     def lookup(self, keys: list[str]) -> dict[str, tuple[dict[str, Any], bool]]:
         """key -> (record, from the cross-run cache only)."""
         ask = keys
-        if self.registry is not None and keys:
+        if self.filtered and keys:
             import ray
 
             ask = [k for k, maybe in zip(keys, ray.get(self.registry.may_be_stored.remote(keys))) if maybe]
