@@ -226,6 +226,27 @@ def test_dockerfile_parses_with_buildkit_parser():
     assert not re.search(r"\b(torch|vllm|transformers)(==|>=|\s)", runs.replace("import vllm, ray, torch", ""))
 
 
+def test_cluster_images_and_slurm_start_ray_with_the_local_clusters_worker_settings():
+    """The Ray settings `init_ray` gives a local cluster (idle task workers kept, GCS task records bounded) reach
+    the `ray start` of KubeRay pods (the image's ENV) and of Slurm nodes (exported before every srun step)."""
+    import dockerfile
+
+    from pipeline.run import job
+
+    want = {"RAY_idle_worker_killing_time_threshold_ms": str(job.IDLE_WORKER_KEEP_MS),
+            "RAY_task_events_max_num_task_in_gcs": str(job.TASK_EVENTS_KEPT)}
+    env: dict[str, str] = {}
+    for c in dockerfile.parse_file(str(INFRA / "docker" / "Dockerfile")):
+        if c.cmd == "ENV":
+            env.update(zip(c.value[::2], c.value[1::2]))
+    assert {k: env.get(k) for k in want} == want
+    text = (INFRA / "slurm" / "vscore.sbatch").read_text()
+    exported = dict(re.findall(r"(RAY_[A-Za-z_]+)=(\d+)", "\n".join(
+        line for line in text.splitlines() if line.startswith("export "))))
+    assert {k: exported.get(k) for k in want} == want
+    assert text.index("export RAY_idle_worker_killing_time_threshold_ms") < text.index("srun")
+
+
 # --------------------------------------------------------------------------- Slurm
 
 SBATCH = INFRA / "slurm" / "vscore.sbatch"
