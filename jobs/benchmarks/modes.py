@@ -19,7 +19,7 @@ import argparse
 import importlib
 from types import ModuleType
 
-MODES = ("cpu", "gpu", "spans", "scale", "feed", "soak")  # module names, in --help and ratio-table order
+MODES = ("cpu", "gpu", "spans", "scale", "feed", "soak", "gcs")  # module names, in --help and ratio-table order
 
 
 def load(name: str) -> ModuleType:
