@@ -134,18 +134,19 @@ class ProcSampler(Poller):
                 self.cpu[k] = self.cpu.get(k, 0.0) + max(0.0, c - prev[0])
                 self.cpu[k + " (sys)"] = self.cpu.get(k + " (sys)", 0.0) + max(0.0, ct.system - prev[1])
             self.last[p.pid] = (c, ct.system)
+            private_b = mem.rss - getattr(mem, "shared", 0)  # RSS minus the pages shared with other processes
             if k == "driver":
-                driver_now = (mem.rss, pss, mem.rss - getattr(mem, "shared", 0))
+                driver_now = (mem.rss, pss, private_b)
                 self.peak["driver_rss"] = max(self.peak["driver_rss"], mem.rss)
                 self.peak["driver_pss"] = max(self.peak["driver_pss"], pss)
             elif k not in _NOT_RAY:
                 rss_sum += mem.rss
                 rss_max = max(rss_max, mem.rss)
                 by_kind[k] = by_kind.get(k, 0) + mem.rss
-                by_kind[k + " private"] = by_kind.get(k + " private", 0) + mem.rss - getattr(mem, "shared", 0)
+                by_kind[k + " private"] = by_kind.get(k + " private", 0) + private_b
                 if k == "Ray system":
                     name = _system_name(title)
-                    system[name] = system.get(name, 0) + mem.rss - getattr(mem, "shared", 0)
+                    system[name] = system.get(name, 0) + private_b
             if k not in _NOT_RAY:
                 pss_sum += pss
         if count and threading.current_thread() is self._thread:

@@ -198,12 +198,12 @@ def check(series: list[dict[str, Any]], at_min: float = CHECK_AT_MIN, tol: float
     if base is not None and base.get("ray_system_private"):
         # Ray's own processes (raylet, GCS, agents): minute 10 vs the last scoring minute, by process, for the
         # slow growth the 10% check can miss in an hour but an overnight run would not
-        last = rows[end].get("ray_system_private") or {}
+        first, last = base["ray_system_private"], rows[end].get("ray_system_private") or {}
         span = max(1e-9, rows[end]["t_min"] - base["t_min"])
         out["ray_system_by_process"] = {
-            name: {"at_10": base["ray_system_private"].get(name, 0.0), "last": last.get(name, 0.0),
-                   "mib_per_hour": round((last.get(name, 0.0) - base["ray_system_private"].get(name, 0.0)) * 60 / span, 1)}
-            for name in sorted(set(base["ray_system_private"]) | set(last))}
+            name: {"at_10": first.get(name, 0.0), "last": last.get(name, 0.0),
+                   "mib_per_hour": round((last.get(name, 0.0) - first.get(name, 0.0)) * 60 / span, 1)}
+            for name in sorted(set(first) | set(last))}
     return out
 
 
