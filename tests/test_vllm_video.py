@@ -3,7 +3,8 @@ what its official raw-prompt path does: on real clips decoded by our decode stag
 the tiny judge) renders each request both ways (vLLM's renderer with the HF video processor, as documented in
 `AsyncLLM.generate`, vs our pass-through) and the rendered inputs must be equal: prompt token ids after placeholder
 expansion, every multimodal tensor (dtype, shape, bytes), field layout, placeholder ranges and multimodal hashes.
-Then both are generated on the same engine and must give the same text, token ids and digit log-probs.
+Then both are generated on the same engine and must give the same text and token ids, and digit log-probs equal to
+float32 rounding (the engine's batch composition varies with arrival timing).
 Processor-level checks cover the other vLLM settings (bf16 model dtype, device normalization off) without an engine.
 The same identity holds when the decode stage ships the video patchified (`decode.patchify`): the clips go through the
 real `DecodeStage`, Ray's numpy batch conversion and `ScoreStage`'s request building, and the scoring actor hands vLLM
@@ -112,7 +113,7 @@ def test_pass_through_input_and_outputs_equal_the_official_vllm_path(engine, cli
 
 def _assert_same_outputs(eng, clips, ours, official):
     """`ours` through the pass-through, `official` through vLLM's raw path (the engine's `_video` off): the same
-    text, token ids, prompt tokens and digit logprobs, clip by clip."""
+    text, token ids and prompt tokens, and digit logprobs equal to float32 rounding, clip by clip."""
     outs = eng.generate(ours)
     saved, eng._video = eng._video, None
     try:
@@ -123,7 +124,10 @@ def _assert_same_outputs(eng, clips, ours, official):
         assert a.error is None and b.error is None, (a.error, b.error)
         assert a.output_tokens > 0, name
         assert (b.text, b.token_ids, b.prompt_tokens) == (a.text, a.token_ids, a.prompt_tokens), name
-        np.testing.assert_array_equal(b.digit_logprobs, a.digit_logprobs, err_msg=name)
+        # The inputs are checked bit for bit above; the outputs' floats may differ in the last bits: the async engine
+        # batches requests by arrival time, so which requests share a forward step (and a matmul's reduction order)
+        # varies run to run (CI saw 57/240 digit logprobs differ, at most 4.8e-6 on values ~13, 3.4e-7 relative).
+        np.testing.assert_allclose(b.digit_logprobs, a.digit_logprobs, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def _decode_stage_batch(clip_files, patchify):
