@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.dataset as pads
 import pytest
 
 from pipeline.config import ScoreConfig, StorageOptions
 from pipeline.run.job import run
 from pipeline.schema import OUTPUT_SCHEMA, make_row_id
 from pipeline.tools.pack import pack
+from tests.outputs import read_output
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
@@ -45,21 +44,12 @@ def _cfg(model_dir, storage, out: str, **engine) -> ScoreConfig:
     })
 
 
-def _read(out: str, storage: StorageOptions) -> pa.Table:
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    from pipeline.storage import filesystem
-
-    fs, root = filesystem(out, storage)
-    return pads.dataset(root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table()
-
-
 def test_pack_score_readback_on_s3(ray_local, packed, model_dir):  # noqa: F811
     shards, st = packed
     n_packed = sum(s["samples"] for s in shards)
     out = "s3://vscore-test/e2e/scores"
     summary = run(_cfg(model_dir, st, out), progress_every_s=5)
-    table = _read(out, st)
+    table = read_output(out, st)
     # rows conserved: one row per packed sample, row ids unique and deterministic
     assert table.num_rows == n_packed == summary["rows_out"] == summary["rows_in"]
     ids = table.column("row_id").to_pylist()
@@ -98,8 +88,8 @@ def test_same_config_same_outputs(ray_local, packed, model_dir, tmp_path):  # no
     shards, st = packed
     a = run(_cfg(model_dir, st, str(tmp_path / "a")), progress_every_s=60)
     b = run(_cfg(model_dir, st, str(tmp_path / "b")), progress_every_s=60)
-    ta = {r["row_id"]: r["raw_output"] for r in _read(str(tmp_path / "a"), StorageOptions()).to_pylist()}
-    tb = {r["row_id"]: r["raw_output"] for r in _read(str(tmp_path / "b"), StorageOptions()).to_pylist()}
+    ta = {r["row_id"]: r["raw_output"] for r in read_output(str(tmp_path / "a"), StorageOptions()).to_pylist()}
+    tb = {r["row_id"]: r["raw_output"] for r in read_output(str(tmp_path / "b"), StorageOptions()).to_pylist()}
     assert a["run_id"] == b["run_id"] and ta == tb
     assert len({v for v in ta.values() if v}) > 1  # different videos, different seeds, different text
 

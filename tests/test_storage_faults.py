@@ -12,14 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import pyarrow.dataset as pads
-from pyarrow.fs import FSSpecHandler, PyFileSystem
-
 from pipeline.config import ScoreConfig, StorageOptions
 from pipeline.run.job import run
 from pipeline.storage import filesystem
 from pipeline.tools.pack import pack
 from tests.fault_proxy import FaultProxy
+from tests.outputs import read_output
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
@@ -41,8 +39,7 @@ def test_flaky_s3_run_completes(ray_local, s3, tmp_path):  # noqa: F811
         summary = run(cfg, progress_every_s=60)
         faults = {k: v for k, v in proxy.counts.items() if k != "forwarded"}
     assert sum(faults.values()) >= 5, faults  # the proxy really failed requests
-    fs, root = filesystem("s3://vscore-test/flaky/scores", direct)
-    rows = pads.dataset(root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table().to_pylist()
+    rows = read_output("s3://vscore-test/flaky/scores", direct).to_pylist()
     ids = [r["row_id"] for r in rows]
     assert len(ids) == len(set(ids)) == n == summary["rows_out"]
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
@@ -99,7 +96,7 @@ def test_put_access_denied_mid_run_stops_with_one_line_then_rerun(ray_local, s3,
         refused = proxy.counts["403"]
         proxy.deny_writes = False
         summary = run(cfg, progress_every_s=60)
-    rows = pads.dataset(root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table().to_pylist()
+    rows = read_output("s3://vscore-test/denied/scores", direct).to_pylist()
     ids = [r["row_id"] for r in rows]
     assert len(ids) == len(set(ids)) == n == summary["rows_out"] and all(r["status"] == "ok" for r in rows)
     print(f"[access-denied] {n} samples; stopped {stopped_s:.1f} s after PUTs were denied ({refused} refused requests), "
@@ -136,8 +133,7 @@ TIMING = ("decode_s", "score_s")  # wall seconds per row: the only columns two r
 
 
 def _scores(url: str, storage: StorageOptions) -> dict[str, dict]:
-    fs, root = filesystem(url, storage)
-    rows = pads.dataset(root, format="parquet", partitioning="hive", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table().to_pylist()
+    rows = read_output(url, storage).to_pylist()
     out = {r["row_id"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
     assert len(out) == len(rows), "a row id twice"
     return out
