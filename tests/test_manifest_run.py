@@ -104,7 +104,7 @@ def test_s3_parquet_manifest_through_ray(ray_local, s3, model_dir, tmp_path):  #
     from pipeline.config import ScoreConfig, StorageOptions
     from pipeline.run.job import run
     from pipeline.storage import filesystem
-    from tests.test_pipeline_e2e import _read
+    from tests.outputs import read_output
 
     st = StorageOptions(endpoint_url=s3.endpoint_url)
     fs, _ = filesystem("s3://vscore-test/", st)
@@ -130,7 +130,7 @@ def test_s3_parquet_manifest_through_ray(ray_local, s3, model_dir, tmp_path):  #
         "ray": {"progress_bars": False},
     })
     summary = run(cfg, progress_every_s=5)
-    table = {r["key"]: r for r in _read(out, st).to_pylist()}
+    table = {r["key"]: r for r in read_output(out, st).to_pylist()}
     assert summary["rows_in"] == summary["rows_out"] == len(table) == 7
     assert set(table) == {"0", "1", "2", "10@0.0-2.0", "10@2.0-4.0", "11", "12@600.0-602.0"}
     for k in ("0", "1", "2", "10@0.0-2.0", "10@2.0-4.0"):

@@ -15,7 +15,7 @@ from pipeline.schema import make_content_hash
 from pipeline.storage import filesystem
 from pipeline.tools.pack import pack
 from tests.fault_proxy import FaultProxy
-from tests.test_pipeline_e2e import _read
+from tests.outputs import read_output
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
@@ -145,7 +145,7 @@ def test_fresh_run_makes_no_store_lookups_and_a_rerun_restores_from_the_store(ra
         assert len(puts) == len(set(puts)) == 4  # one object per scored clip
         # no GET that could miss: only the stored clips' objects, looked up by their duplicates
         assert set(gets) <= set(puts) and len(gets) <= s1["duplicates"], (gets, puts)
-        rows = {r["key"]: r for r in _read("s3://vscore-test/fresh/out", direct_opts).to_pylist()}
+        rows = {r["key"]: r for r in read_output("s3://vscore-test/fresh/out", direct_opts).to_pylist()}
         assert len(rows) == 7 and all(r["status"] == "ok" for r in rows.values())
         assert sum(1 for r in rows.values() if r["duplicate_of"]) == 3
         # scored but not committed: drop every output file and marker, keep the store
@@ -158,7 +158,7 @@ def test_fresh_run_makes_no_store_lookups_and_a_rerun_restores_from_the_store(ra
         s2 = run(cfg, progress_every_s=60)
         assert _calls(record) == []  # every clip restored from the store
         assert len(_store_requests(proxy.requests, "GET")) >= 4
-    rows2 = {r["key"]: r for r in _read("s3://vscore-test/fresh/out", direct_opts).to_pylist()}
+    rows2 = {r["key"]: r for r in read_output("s3://vscore-test/fresh/out", direct_opts).to_pylist()}
     assert s2["rows_out"] == 7 and len(rows2) == 7
     for k, r in rows.items():
         assert rows2[k]["status"] == "ok" and rows2[k]["row_id"] == r["row_id"]
